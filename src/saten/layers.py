@@ -1,0 +1,319 @@
+"""Compressed ``nn.Linear`` replacements: :class:`SatenLinear` (TT + sparse, TT-only), :class:`SVDLinear`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from saten.sparse import scatter_into, select_positions
+from saten.tt import TTShape, balanced_shape, tt_svd_matrix, tt_to_matrix
+
+__all__ = ["SVDLinear", "SatenLinear", "svd_rank"]
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Decompositions run in the stored precision; LAPACK has no half types, so those go through float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _relative(diff: torch.Tensor, ref_norm: float) -> float:
+    return float(torch.linalg.vector_norm(diff) / ref_norm) if ref_norm > 0 else 0.0
+
+
+class SatenLinear(nn.Module):
+    """``y = x (TT(cores)ᵀ + S)ᵀ + b``: a tensor-train part plus a fixed-mask sparse residual.
+
+    Trainable: the TT cores, the kept residual ``values`` and the bias. The mask (``positions``, flat
+    indices into the ``(out, in)`` weight) is a buffer and never changes. With no kept values this is the
+    TT-only baseline.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    shape : TTShape
+        Factorization of ``(in, out)``.
+    ranks : sequence of int
+        TT ranks including the boundary ones, ``len(ranks) == len(shape.modes) + 1``.
+    nnz : int
+        Number of kept residual entries.
+    bias : bool
+    sparsity : {"unstructured", "nm"}
+    nm : tuple of int, optional
+        The N:M pattern when ``sparsity == "nm"``.
+    """
+
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        shape: TTShape,
+        ranks,
+        nnz=0,
+        bias=True,
+        sparsity="unstructured",
+        nm=None,
+        dtype=None,
+        device=None,
+    ):
+        super().__init__()
+        if (shape.n_in, shape.n_out) != (in_features, out_features):
+            raise ValueError(f"TT shape {shape.as_list()} does not factor {in_features}x{out_features}")
+        kw = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features, self.shape = in_features, out_features, shape
+        self.sparsity, self.nm = sparsity, tuple(nm) if nm is not None else None
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.zeros(ranks[k], mode, ranks[k + 1], **kw))
+            for k, mode in enumerate(shape.modes)
+        )
+        self.values = nn.Parameter(torch.zeros(nnz, **kw))
+        self.register_buffer("positions", torch.zeros(nnz, dtype=torch.long, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.rel_error_tt = self.rel_error = None  # set by from_linear (errors at compression time)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        eps: float,
+        density: float = 0.0,
+        *,
+        sparsity="unstructured",
+        nm=None,
+        max_rank=None,
+        shape: TTShape | None = None,
+        in_order=2,
+        out_order=2,
+        layout="plain",
+    ) -> SatenLinear:
+        """Compress ``linear``: ε-bounded TT-SVD of ``Wᵀ`` and a residual mask chosen from the TT error.
+
+        Parameters
+        ----------
+        linear : nn.Linear
+        eps : float
+            Relative error bound of the TT part (method.md §2).
+        density : float
+            Fraction of entries kept in the residual (unstructured); ignored for ``sparsity="nm"``.
+        sparsity : {"unstructured", "nm"}
+        nm : (int, int), optional
+            N:M pattern, e.g. ``(2, 4)``.
+        max_rank : int, optional
+            Cap on the TT ranks.
+        shape : TTShape, optional
+            Explicit factorization; default: the balanced shape with ``in_order``/``out_order``/``layout``.
+        """
+        weight = linear.weight.detach()
+        out_f, in_f = weight.shape
+        shape = shape or balanced_shape(in_f, out_f, in_order, out_order, layout)
+        w = weight.to(_work_dtype(weight.dtype))
+        cores = tt_svd_matrix(w.T, shape, eps, max_rank)
+        residual = w - tt_to_matrix(cores, shape).T  # (out, in)
+        keep = density > 0 or sparsity == "nm"
+        positions = (
+            select_positions(residual, density, sparsity, nm) if keep else residual.new_zeros(0).long()
+        )
+        ranks = [1] + [c.shape[2] for c in cores]
+        layer = cls(
+            in_f,
+            out_f,
+            shape,
+            ranks,
+            positions.numel(),
+            linear.bias is not None,
+            sparsity,
+            nm,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+        with torch.no_grad():
+            for param, core in zip(layer.cores, cores, strict=True):
+                param.copy_(core)
+            kept = residual.reshape(-1)[positions]
+            layer.values.copy_(kept)
+            layer.positions.copy_(positions)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+            norm = float(torch.linalg.vector_norm(w))
+            layer.rel_error_tt = _relative(residual, norm)
+            layer.rel_error = (
+                math.sqrt(max(layer.rel_error_tt**2 - float(kept.square().sum()) / norm**2, 0.0))
+                if norm > 0
+                else 0.0
+            )
+        return layer
+
+    @property
+    def ranks(self) -> list[int]:
+        """TT ranks including the boundary 1s."""
+        return [1] + [core.shape[2] for core in self.cores]
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def tt_weight(self) -> torch.Tensor:
+        """The TT part in the weight's ``(out, in)`` orientation."""
+        return tt_to_matrix(list(self.cores), self.shape).T
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Effective dense weight ``TT(cores)ᵀ + S`` of shape ``(out, in)``."""
+        return scatter_into(self.tt_weight(), self.positions, self.values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the effective weight (for deployment)."""
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.values.device,
+            dtype=self.values.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    merge = to_dense
+
+    def spec(self) -> dict:
+        """Structure needed to rebuild an empty layer that a state dict can fill."""
+        return {
+            "kind": "saten",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "in_factors": list(self.shape.in_factors),
+            "out_factors": list(self.shape.out_factors),
+            "layout": self.shape.layout,
+            "ranks": self.ranks,
+            "nnz": self.nnz,
+            "bias": self.bias is not None,
+            "sparsity": self.sparsity,
+            "nm": list(self.nm) if self.nm else None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype=None, device=None) -> SatenLinear:
+        shape = TTShape(tuple(spec["in_factors"]), tuple(spec["out_factors"]), spec["layout"])
+        return cls(
+            spec["in_features"],
+            spec["out_features"],
+            shape,
+            spec["ranks"],
+            spec["nnz"],
+            spec["bias"],
+            spec["sparsity"],
+            spec["nm"],
+            dtype=dtype,
+            device=device,
+        )
+
+    def extra_repr(self) -> str:
+        kind = "TT" if self.nnz == 0 else f"TT+{self._pattern()}"
+        from saten.accounting import layer_counts  # local: accounting imports the layer classes
+
+        counts = layer_counts(self)
+        return (
+            f"{self.in_features}->{self.out_features}, {kind}, shape={self.shape.as_list()}"
+            f"{'' if self.shape.layout == 'plain' else ' (matrix)'}, ranks={self.ranks}, nnz={self.nnz}, "
+            f"ratio={counts['params'] / counts['dense_params']:.3f}"
+        )
+
+    def _pattern(self) -> str:
+        return f"{self.nm[0]}:{self.nm[1]}" if self.sparsity == "nm" else "sparse"
+
+
+def svd_rank(in_features: int, out_features: int, ratio: float) -> int:
+    """``r = ⌊ratio · N · M / (N + M)⌋`` (method.md §6), at least 1."""
+    return max(1, math.floor(round(ratio * in_features * out_features / (in_features + out_features), 6)))
+
+
+class SVDLinear(nn.Module):
+    """Low-rank baseline ``W ≈ (U√Σ)(√ΣVᵀ)``: ``y = x rightᵀ leftᵀ + b``.
+
+    ``left`` has shape ``(out, r)`` and ``right`` ``(r, in)``.
+    """
+
+    def __init__(self, in_features, out_features, rank, bias=True, dtype=None, device=None):
+        super().__init__()
+        kw = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features = in_features, out_features
+        self.left = nn.Parameter(torch.zeros(out_features, rank, **kw))
+        self.right = nn.Parameter(torch.zeros(rank, in_features, **kw))
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.rel_error = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, ratio: float) -> SVDLinear:
+        """Truncated SVD at the rank that keeps ``ratio`` of the layer's weight parameters."""
+        weight = linear.weight.detach()
+        out_f, in_f = weight.shape
+        rank = min(svd_rank(in_f, out_f, ratio), min(in_f, out_f))
+        w = weight.to(_work_dtype(weight.dtype))
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        root = s[:rank].sqrt()
+        layer = cls(in_f, out_f, rank, linear.bias is not None, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            layer.left.copy_(u[:, :rank] * root)
+            layer.right.copy_(root[:, None] * vh[:rank])
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+            norm = float(torch.linalg.vector_norm(s))
+            layer.rel_error = float(torch.linalg.vector_norm(s[rank:]) / norm) if norm > 0 else 0.0
+        return layer
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.left @ self.right
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.right), self.left, self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.left.device,
+            dtype=self.left.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    merge = to_dense
+
+    def spec(self) -> dict:
+        return {
+            "kind": "svd",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "bias": self.bias is not None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype=None, device=None) -> SVDLinear:
+        return cls(
+            spec["in_features"], spec["out_features"], spec["rank"], spec["bias"], dtype=dtype, device=device
+        )
+
+    def extra_repr(self) -> str:
+        dense = self.in_features * self.out_features
+        return (
+            f"{self.in_features}->{self.out_features}, SVD rank={self.rank}, "
+            f"ratio={self.rank * (self.in_features + self.out_features) / dense:.3f}"
+        )

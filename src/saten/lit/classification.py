@@ -1,0 +1,210 @@
+"""LightningModule for GLUE sequence classification (and STS-B regression) with a Saten-compressed model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from saten.data.glue import get_task
+from saten.data.metrics import GlueMetric
+from saten.errors import ConfigError
+from saten.lit.optim import build_optimizer
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def to_plain(cfg) -> dict | None:
+    """A resolved plain-dict copy of a config node (DictConfig, Mapping or None)."""
+    if cfg is None:
+        return None
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return {k: (to_plain(v) if isinstance(v, (Mapping, DictConfig)) else v) for k, v in dict(cfg).items()}
+
+
+class GlueClassifier(L.LightningModule):
+    """Pretrained model + task head, compressed with ``saten.compress``, fine-tuned on one GLUE task.
+
+    The model is loaded and compressed in ``__init__`` (compression is deterministic), so
+    ``GlueClassifier.load_from_checkpoint`` and :func:`load_run` recreate the exact structure before
+    loading the weights.
+
+    Parameters
+    ----------
+    model : Mapping
+        The ``model`` config group (see :func:`saten.models.load_model`).
+    task : Mapping
+        The ``task`` config group; uses ``name`` and ``metric`` (the main metric key, e.g. ``f1``).
+    saten : Mapping
+        The ``saten`` config group (``method: dense`` leaves the model as it is).
+    tt_shape : Mapping, optional
+        The ``tt_shape`` config group.
+    optim : Mapping, optional
+        The ``optim`` config group (see :func:`saten.lit.optim.build_optimizer`); needed for training only.
+    compile : bool
+        ``torch.compile`` the model in place.
+
+    Attributes
+    ----------
+    model : transformers.PreTrainedModel
+        The (compressed) sequence-classification model.
+    replaced : list of str
+        Qualified names of the modules ``compress`` replaced.
+    compress_seconds : float
+        Wall time of loading + compressing.
+    best : dict of str to float
+        Validation metrics of the best epoch so far (by the main metric), keys without prefix.
+    last_metrics : dict of str to float
+        Metrics of the latest validation run, keys without prefix.
+    """
+
+    def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
+                 optim: Mapping | None = None, compile: bool = False):
+        super().__init__()
+        from saten import compress
+        from saten.models import load_model
+
+        model, task, saten, tt_shape, optim = map(to_plain, (model, task, saten, tt_shape, optim))
+        self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
+                                   "optim": optim, "compile": bool(compile)})
+        self.spec = get_task(task["name"])
+        self.metric_name = str(task.get("metric") or self.spec.metric)
+        problem_type = "regression" if self.spec.is_regression else "single_label_classification"
+        start = time.perf_counter()
+        self.model = load_model(model, head="sequence_classification", num_labels=self.spec.num_labels,
+                                problem_type=problem_type)
+        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape))
+        self.compress_seconds = time.perf_counter() - start
+        # from_pretrained returns eval mode and Lightning keeps submodule modes: train mode = dropout on
+        self.model.train()
+        if compile:
+            self.model.compile()
+        self.eval_splits = list(self.spec.eval_splits)
+        self.val_metrics = nn.ModuleList([GlueMetric(self.spec.name, split) for split in self.eval_splits])
+        self._val_loss = [[] for _ in self.eval_splits]
+        self.best: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.compression_report: dict | None = None  # filled by saten.callbacks.CompressionStats
+
+    # ---- forward / steps -------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]):
+        """Run the HF model on a batch dict (with ``labels`` the output carries ``loss``)."""
+        return self.model(**batch)
+
+    def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(dim=-1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch).loss
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        out = self(batch)
+        self.val_metrics[dataloader_idx].update(self._predictions(out.logits), batch["labels"])
+        size = batch["labels"].shape[0]
+        self._val_loss[dataloader_idx].append(torch.stack([out.loss.detach().float() * size,
+                                                           out.loss.new_tensor(float(size))]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss = [[] for _ in self.eval_splits]
+        for metric in self.val_metrics:
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, float] = {}
+        losses = []
+        for i, split in enumerate(self.eval_splits):
+            if not self._val_loss[i]:
+                continue
+            metrics.update(self.val_metrics[i].compute())
+            total, count = torch.stack(self._val_loss[i]).sum(dim=0)  # (sum of losses, examples)
+            if self.trainer.world_size > 1:
+                total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
+            loss = float(total / count)
+            losses.append(loss)
+            if len(self.eval_splits) > 1:
+                metrics["loss" + {"validation_matched": "_m", "validation_mismatched": "_mm"}.get(split, split)] = loss
+        if not losses:
+            return
+        metrics["loss"] = sum(losses) / len(losses)
+        self.last_metrics = dict(metrics)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, add_dataloader_idx=False, sync_dist=False)
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        if self.metric_name not in metrics:
+            raise ConfigError(f"task.metric={self.metric_name}: not among the computed metrics "
+                              f"{sorted(metrics)}; pick one of them")
+        higher = not self.metric_name.endswith("loss")
+        value, best = metrics[self.metric_name], self.best.get(self.metric_name)
+        if best is None or (value > best if higher else value < best):
+            self.best = dict(metrics)
+            self.best["epoch"] = float(self.current_epoch)
+        self.log_dict({f"best/{k}": v for k, v in self.best.items()}, add_dataloader_idx=False)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class ids (STS-B: scores) of an unlabeled test batch."""
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        return self._predictions(self(batch).logits).cpu()
+
+    # ---- optimization ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.hparams.optim is None:
+            raise ConfigError("optim=None: training needs the optim config group; add optim=adamw")
+        optimizer, scheduler = build_optimizer(self.model, self.hparams.optim,
+                                               int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_module(cfg: Mapping) -> GlueClassifier:
+    """Build a :class:`GlueClassifier` from a full run config (keys model, task, saten, tt_shape, optim)."""
+    return GlueClassifier(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
+                          tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
+                          compile=bool(cfg.get("compile", False)))
+
+
+def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:
+    """Write the module's model weights to ``<run_dir>/model.safetensors`` (tied tensors handled)."""
+    from safetensors.torch import save_model
+
+    path = Path(run_dir) / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(getattr(module.model, "_orig_mod", module.model), str(path))
+    return path
+
+
+def load_run(run_dir: str | Path, map_location: str = "cpu") -> GlueClassifier:
+    """Rebuild the fine-tuned compressed model of a finished run.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder holding ``config.yaml`` (the run's resolved config) and ``model.safetensors``.
+    map_location : str
+        Device to load the weights onto.
+
+    Returns
+    -------
+    GlueClassifier
+        In eval mode, ``module.run_config`` holds the run's config.
+    """
+    from safetensors.torch import load_model
+
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"ckpt_path={run_dir}: no {name} in this run dir; pass a run dir of a finished "
+                              f"training run (or a .ckpt file)")
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False)
+    module = build_module(cfg)
+    load_model(module.model, str(run_dir / MODEL_FILE), strict=True, device=map_location)
+    module.run_config = cfg
+    return module.eval()

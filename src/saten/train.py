@@ -1,0 +1,225 @@
+"""The experiment pipeline behind ``run.py``: config -> model (compressed) -> data -> Trainer -> run dir.
+
+``run(cfg)`` trains (or, with ``train=false``, only evaluates) and returns the run summary; see
+``conf/config.yaml`` for the config and the README section "Configuration keys" for every key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from saten.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PREDICTIONS_DIR = "predictions"
+
+
+def metric_mode(monitor: str) -> str:
+    """``min`` for a monitored loss, ``max`` for any other metric (OmegaConf resolver ``metric_mode``)."""
+    return "min" if "loss" in str(monitor).rsplit("/", 1)[-1] else "max"
+
+
+def register_resolvers() -> None:
+    """Register the OmegaConf resolvers the configs use (idempotent)."""
+    import saten.data  # noqa: F401  (registers saten.glue_dir)
+
+    OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+
+
+register_resolvers()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Up-front checks of the pipeline's own keys; one-line :class:`ConfigError` on a bad value."""
+    from saten.lit.optim import check_optim_config
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed}: must be an integer")
+    if not cfg.train:
+        if cfg.ckpt_path is None:
+            raise ConfigError("ckpt_path=null: train=false evaluates a trained model; pass ckpt_path=<run dir "
+                              "or .ckpt file>")
+    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).exists():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file or directory; pass a run dir (with "
+                          f"model.safetensors) or a Lightning .ckpt file")
+    if cfg.train and cfg.ckpt_path is not None and Path(str(cfg.ckpt_path)).is_dir():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: resuming training needs a .ckpt file (e.g. "
+                          f"<run dir>/checkpoints/best.ckpt); a run dir can only be evaluated (train=false)")
+    if cfg.train and cfg.ckpt_path is not None:
+        state = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=False)
+        if "optimizer_states" not in state:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: a weights-only checkpoint cannot resume training; "
+                              f"evaluate it with train=false, or train with "
+                              f"callbacks.model_checkpoint.save_weights_only=false to get resumable ones")
+    if cfg.train:
+        check_optim_config(cfg.optim)
+
+
+def load_for_eval(cfg: DictConfig):
+    """The model to evaluate (``train=false``): a run dir via :func:`saten.lit.load_run`, or a ``.ckpt``."""
+    from saten.lit import GlueClassifier, load_run
+
+    path = Path(str(cfg.ckpt_path))
+    module = load_run(path) if path.is_dir() else GlueClassifier.load_from_checkpoint(path, map_location="cpu")
+    trained_on = module.hparams.task["name"]
+    if trained_on != cfg.task.name:
+        raise ConfigError(f"task={cfg.task.name}: ckpt_path={path} was trained on {trained_on}; add "
+                          f"task={trained_on}")
+    return module
+
+
+def instantiate_loggers(cfg: DictConfig) -> list:
+    """Loggers of the ``logger`` group (W&B gets the task, model and method as extra tags)."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if not isinstance(logger_cfg, Mapping) or "_target_" not in logger_cfg:
+            continue
+        kwargs = {}
+        if str(logger_cfg["_target_"]).endswith("WandbLogger"):
+            tags = list(logger_cfg.get("tags") or [])
+            extra = [cfg.task.name, cfg.model.get("name"), cfg.saten.get("method")]
+            kwargs["tags"] = list(dict.fromkeys([*tags, *(str(t) for t in extra if t)]))
+        loggers.append(instantiate(logger_cfg, **kwargs))
+        log.debug("logger %s: %s", name, type(loggers[-1]).__name__)
+    return loggers
+
+
+def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list:
+    """Callbacks of the ``callbacks`` group.
+
+    Left out: the LR monitor when there is no logger, progress bars when
+    ``trainer.enable_progress_bar=false``.
+    """
+    callbacks = []
+    progress_bar = cfg.trainer.get("enable_progress_bar", True) is not False
+    for callback_cfg in (cfg.get("callbacks") or {}).values():
+        if not isinstance(callback_cfg, Mapping) or "_target_" not in callback_cfg:
+            continue
+        target = str(callback_cfg["_target_"])
+        if (not has_logger and target.endswith("LearningRateMonitor")) or (
+                not progress_bar and target.endswith("ProgressBar")):
+            continue
+        callbacks.append(instantiate(callback_cfg))
+    return callbacks
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run config as a resolved plain dict, without the ``hydra`` node (present in composed test configs)."""
+    return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            for key, node in ((k, cfg[k]) for k in cfg if k != "hydra")}
+
+
+@rank_zero_only
+def write_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    """``config.yaml`` (resolved, without the hydra node) and ``provenance.json`` into the run dir."""
+    from saten.provenance import write_provenance
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(resolved_config(cfg)), run_dir / "config.yaml")
+    write_provenance(run_dir)
+
+
+def check_test_files(datamodule) -> None:
+    """``test_predictions=true`` needs the test TSVs when reading local files."""
+    if datamodule.glue_dir is None:
+        return
+    for split in datamodule.test_split_names:
+        path = Path(datamodule.glue_dir) / datamodule.task.dir / datamodule.task.splits[split]
+        if not path.is_file():
+            raise ConfigError(f"test_predictions=true: {path} is missing; set test_predictions=false for "
+                              f"{datamodule.task.name} or point data.glue_dir to a folder with its test split")
+
+
+def write_test_predictions(module, datamodule, run_dir: Path) -> list[Path]:
+    """Predict the unlabeled test split(s) and write GLUE submission files to ``<run dir>/predictions``."""
+    from saten.data.glue import write_glue_predictions
+
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, callbacks=[], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(run_dir))
+    datamodule.setup("predict")
+    outputs = trainer.predict(module, dataloaders=datamodule.predict_dataloader())
+    names = datamodule.test_split_names
+    if len(names) == 1:
+        outputs = [outputs]
+    return [write_glue_predictions(datamodule.task, torch.cat(batches), run_dir / PREDICTIONS_DIR, split=split)
+            for split, batches in zip(names, outputs)]
+
+
+def close_loggers(loggers: list) -> None:
+    """Finish W&B runs so that the next job of a multirun starts a new one."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train (or evaluate) one configuration and return its summary (also in ``<run dir>/summary.json``).
+
+    Raises
+    ------
+    ConfigError
+        For a bad config value (caught by ``run.py``: one line on stderr, exit code 2).
+    """
+    from saten.data.glue import GlueDataModule
+    from saten.lit import build_module
+    from saten.models import load_tokenizer
+
+    check_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    write_run_files(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg) if cfg.train else load_for_eval(cfg)
+    tokenizer = load_tokenizer(module.hparams.model)
+    datamodule = GlueDataModule.from_config(cfg.data, tokenizer, task=module.hparams.task["name"], seed=cfg.seed)
+    if cfg.test_predictions:
+        check_test_files(datamodule)
+    loggers = instantiate_loggers(cfg)
+    try:
+        callbacks = instantiate_callbacks(cfg, has_logger=bool(loggers))
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        for logger in loggers:
+            logger.log_hyperparams(resolved_config(cfg))
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            if not trainer.fast_dev_run:
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+                trainer.validate(module, datamodule=datamodule, ckpt_path="best" if best else None)
+        else:
+            trainer.validate(module, datamodule=datamodule)
+        if cfg.test_predictions and trainer.is_global_zero and not trainer.fast_dev_run:
+            write_test_predictions(module, datamodule, run_dir)
+        summaries = [c.summary for c in callbacks if type(c).__name__ == "RunSummary"]
+        summary = summaries[0] if summaries else {k: float(v) for k, v in trainer.callback_metrics.items()}
+    finally:
+        close_loggers(loggers)
+    return summary
+
+
+def config_error(error: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``error`` (itself, or a cause, e.g. inside an OmegaConf resolver)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def optimized_metric(cfg: DictConfig, summary: Mapping) -> float | None:
+    """The value a sweep optimizes: ``best/<task.metric>`` (evaluation-only runs: ``val/<task.metric>``)."""
+    for key in (f"best/{cfg.task.metric}", f"val/{cfg.task.metric}"):
+        if summary.get(key) is not None:
+            return float(summary[key])
+    return None

@@ -1,0 +1,61 @@
+"""Shared test setup: offline environment, the shared data folder, and tiny model configs.
+
+The environment is set at import, before any test module imports transformers or huggingface_hub (both read
+HF_HUB_OFFLINE once, when first imported).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+# Persistent, git-ignored cache shared with run.py's default (paths.cache_dir = <repo>/.cache): the SmolLM2
+# tokenizer is converted from the GGUF once (~10 s), not once per test session. Writes are atomic.
+SMOLLM2_CACHE_DIR = REPO_ROOT / ".cache" / "models" / "smollm2_135m"
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not os.environ.get("SATEN_DATA_DIR") and (REPO_ROOT.parent / "shared" / "data").is_dir():
+    os.environ["SATEN_DATA_DIR"] = str((REPO_ROOT.parent / "shared" / "data").resolve())
+
+
+def load_model_cfg(name: str, cache_dir: Path | None = SMOLLM2_CACHE_DIR) -> dict:
+    """``conf/model/<name>.yaml`` as a dict; ``cache_dir`` replaces its ``${paths...}`` value."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), resolve=False)
+    if "cache_dir" in cfg:
+        cfg["cache_dir"] = str(cache_dir)
+    return cfg
+
+
+@pytest.fixture
+def model_cfg_loader():
+    """``load_model_cfg``: any ``conf/model/<name>.yaml`` as a dict (``cache_dir`` may be overridden)."""
+    return load_model_cfg
+
+
+@pytest.fixture
+def tiny_bert_cfg() -> dict:
+    """``conf/model/tiny_bert.yaml`` (random-init 2-layer BERT, hidden 32, MiniLM tokenizer)."""
+    return load_model_cfg("tiny_bert")
+
+
+@pytest.fixture
+def tiny_llama_cfg() -> dict:
+    """``conf/model/tiny_llama.yaml`` (random-init 2-layer LLaMA, hidden 64, GQA 4/2, SmolLM2 tokenizer)."""
+    return load_model_cfg("tiny_llama")
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The shared, read-only data folder (``SATEN_DATA_DIR``); skips the test when it is absent."""
+    path = Path(os.environ.get("SATEN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"shared data folder not found: {path} (set SATEN_DATA_DIR)")
+    return path
