@@ -27,7 +27,7 @@ LINT_PATHS := $(wildcard src tests run.py benchmarks)
 
 help:
 	@echo "make setup   create $(VENV) (torch pinned to $(TORCH_PIN), CPU wheel where available) and install saten"
-	@echo "make run     run.py with Hydra overrides from ARGS, e.g. make run ARGS='model=tiny_bert task=mrpc'"
+	@echo "make run     the short default experiment (run.py experiment=quick); more Hydra overrides in ARGS"
 	@echo "make test    ruff + pytest (slow tests skipped; run them with: $(PY) -m pytest -m slow)"
 	@echo "make lint    ruff only"
 	@echo "make bench   compression benchmark (benchmarks/compress.py)"
@@ -44,7 +44,7 @@ $(STAMP):
 	touch $(STAMP)
 
 run: setup
-	$(PY) run.py $(ARGS)
+	$(PY) run.py experiment=quick $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check $(LINT_PATHS)

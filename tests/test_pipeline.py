@@ -21,6 +21,8 @@ from omegaconf import open_dict
 from saten.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# lightning 2.6 on torch 2.13 warns about its own pytree use
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec")
 CONF_DIR = REPO_ROOT / "conf"
 FIXTURE_GLUE = Path(__file__).resolve().parent / "fixtures" / "glue"
 TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
@@ -158,6 +160,9 @@ def test_test_predictions_are_glue_submission_files(task, files, mini_glue, tmp_
     ("optim.warmup_ratio=2", "optim.warmup_ratio=2"),
     ("train=false", "ckpt_path=null"),
     ("ckpt_path=/no/such/run", "ckpt_path=/no/such/run"),
+    ("saten.eps=-1", "saten.eps=-1"),
+    ("task.metric=auc", "task.metric=auc"),
+    ("data.batch_size=0", "data.batch_size=0"),
 ])
 def test_bad_values_raise_one_line_config_errors(override, message, mini_glue, tmp_path):
     from saten.train import run
@@ -185,3 +190,17 @@ def test_provenance_has_command_git_cpu_and_versions(tmp_path):
     assert set(record["git"]) == {"sha", "dirty"}
     assert record["cpu"]["model"] and record["torch_threads"] == torch.get_num_threads()
     assert {"torch", "transformers", "lightning", "hydra-core", "saten"} <= set(record["versions"])
+
+
+def test_resume_needs_a_full_checkpoint(mini_glue, tmp_path):
+    from saten.train import run
+
+    first, weights_only = tmp_path / "first", tmp_path / "weights_only"
+    base = [*shrink_overrides(mini_glue, "rte", "saten_u"), *ONE_STEP]
+    run(compose_config([*base, "callbacks.model_checkpoint.save_weights_only=false"], first))
+    resumed = run(compose_config([*base, "trainer.max_epochs=2", f"ckpt_path={first}/checkpoints/best.ckpt"],
+                                 tmp_path / "resumed"))
+    assert resumed["epochs"] == 2 and resumed["global_step"] == 2
+    run(compose_config(base, weights_only))
+    with pytest.raises(ConfigError, match="weights-only"):
+        run(compose_config([*base, f"ckpt_path={weights_only}/checkpoints/best.ckpt"], tmp_path / "again"))

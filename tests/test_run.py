@@ -14,6 +14,8 @@ import pytest
 from test_pipeline import compose_config, shrink_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# lightning 2.6 on torch 2.13 warns about its own pytree use
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec")
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
 
 
@@ -101,8 +103,8 @@ def test_wandb_offline_run_holds_params_ratio_and_metric(trained_run):
 
 def test_eval_only_reproduces_the_saved_metric(trained_run, tmp_path):
     run_dir, glue = trained_run
-    overrides = [o for o in shrink_overrides(glue, "mrpc", "saten_u")]
-    result = run_py([*overrides, "train=false", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    overrides = [*shrink_overrides(glue, "mrpc", "saten_u"), "train=false", f"ckpt_path={run_dir}"]
+    result = run_py([*overrides, f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     trained = json.loads((run_dir / "summary.json").read_text())
     evaluated = json.loads((tmp_path / "summary.json").read_text())
@@ -123,7 +125,8 @@ def test_eval_only_from_a_lightning_checkpoint(trained_run, tmp_path):
 
 
 def test_config_error_exits_2_with_one_line(tmp_path):
-    result = run_py(["model=tiny_bert", "logger=none", "optim.lr=-1", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    result = run_py(["model=tiny_bert", "logger=none", "optim.lr=-1", f"hydra.run.dir={tmp_path}"],
+                    cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-4000:]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors[-1].startswith("error: optim.lr=-1: ")

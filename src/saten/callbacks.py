@@ -158,7 +158,8 @@ class RunSummary(Callback):
         The run's seed, recorded in the summary.
     """
 
-    def __init__(self, output_dir: str | Path | None = None, save_model: bool = True, seed: int | None = None):
+    def __init__(self, output_dir: str | Path | None = None, save_model: bool = True,
+                 seed: int | None = None):
         self.output_dir = output_dir
         self.save_model = save_model
         self.seed = seed

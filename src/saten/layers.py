@@ -87,6 +87,7 @@ class SatenLinear(nn.Module):
         in_order=2,
         out_order=2,
         layout="plain",
+        algorithm="gram",
     ) -> SatenLinear:
         """Compress ``linear``: ε-bounded TT-SVD of ``Wᵀ`` and a residual mask chosen from the TT error.
 
@@ -104,12 +105,14 @@ class SatenLinear(nn.Module):
             Cap on the TT ranks.
         shape : TTShape, optional
             Explicit factorization; default: the balanced shape with ``in_order``/``out_order``/``layout``.
+        algorithm : {"gram", "svd"}
+            TT-SVD step (see :func:`saten.tt.tt_svd`); ``svd`` is the plain reference computation.
         """
         weight = linear.weight.detach()
         out_f, in_f = weight.shape
         shape = shape or balanced_shape(in_f, out_f, in_order, out_order, layout)
         w = weight.to(_work_dtype(weight.dtype))
-        cores = tt_svd_matrix(w.T, shape, eps, max_rank)
+        cores = tt_svd_matrix(w.T, shape, eps, max_rank, algorithm=algorithm)
         residual = w - tt_to_matrix(cores, shape).T  # (out, in)
         keep = density > 0 or sparsity == "nm"
         positions = (

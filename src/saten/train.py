@@ -27,11 +27,49 @@ def metric_mode(monitor: str) -> str:
     return "min" if "loss" in str(monitor).rsplit("/", 1)[-1] else "max"
 
 
+def run_tag(choice: str | None, saten: Mapping) -> str:
+    """Short name of a compression setting for run dirs and W&B (OmegaConf resolver ``run_tag``).
+
+    Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``.
+    """
+    method = saten.get("method")
+    parts = [str(choice or method)]
+    if method == "saten":
+        nm = saten.get("nm") or []
+        parts.append(f"nm{nm[0]}-{nm[1]}" if saten.get("sparsity") == "nm" and len(nm) == 2
+                     else f"d{saten.get('density')}")
+    if method in ("saten", "tt"):
+        parts.append(f"e{saten.get('eps')}")
+        if saten.get("max_rank") is not None:
+            parts.append(f"k{saten.get('max_rank')}")
+    if method == "svd":
+        parts.append(f"r{saten.get('svd_ratio')}")
+    if saten.get("embeddings"):
+        parts.append("emb")
+    return "_".join(parts)
+
+
+def safe_dirname(name: str, max_length: int = 200) -> str:
+    """A folder-name-safe, bounded version of ``name`` (resolver ``safe_dirname``; multirun subdirs).
+
+    Slashes become ``_``; a name longer than ``max_length`` is cut and suffixed with a short hash so that
+    different override sets still get different folders.
+    """
+    import hashlib
+
+    name = str(name).replace("/", "_").replace("\\", "_")
+    if len(name) <= max_length:
+        return name
+    return f"{name[: max_length - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers the configs use (idempotent)."""
     import saten.data  # noqa: F401  (registers saten.glue_dir)
 
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+    OmegaConf.register_new_resolver("run_tag", run_tag, replace=True)
+    OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 
 
 register_resolvers()
@@ -45,8 +83,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed}: must be an integer")
     if not cfg.train:
         if cfg.ckpt_path is None:
-            raise ConfigError("ckpt_path=null: train=false evaluates a trained model; pass ckpt_path=<run dir "
-                              "or .ckpt file>")
+            raise ConfigError("ckpt_path=null: train=false evaluates a trained model; pass "
+                              "ckpt_path=<run dir or .ckpt file>")
     if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).exists():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file or directory; pass a run dir (with "
                           f"model.safetensors) or a Lightning .ckpt file")
@@ -61,6 +99,24 @@ def check_config(cfg: DictConfig) -> None:
                               f"callbacks.model_checkpoint.save_weights_only=false to get resumable ones")
     if cfg.train:
         check_optim_config(cfg.optim)
+        check_method_config(cfg)
+
+
+def check_method_config(cfg: DictConfig) -> None:
+    """Validate the saten, tt_shape and task groups before the (slow) model load."""
+    from saten.config import SatenConfig, TTShapeConfig
+    from saten.data.glue import get_task
+    from saten.data.metrics import metric_keys
+
+    SatenConfig.from_any(cfg.saten, warn=False)
+    TTShapeConfig.from_any(cfg.tt_shape)
+    task = get_task(cfg.task.name)
+    keys = {"loss", *(k for split in task.eval_splits for k in metric_keys(task.name, split))}
+    if len(task.eval_splits) > 1:
+        keys |= {"loss_m", "loss_mm"}
+    if cfg.task.metric not in keys:
+        raise ConfigError(f"task.metric={cfg.task.metric}: {task.name} logs no such metric; use one of "
+                          f"{', '.join(sorted(keys))}")
 
 
 def load_for_eval(cfg: DictConfig):
@@ -68,7 +124,10 @@ def load_for_eval(cfg: DictConfig):
     from saten.lit import GlueClassifier, load_run
 
     path = Path(str(cfg.ckpt_path))
-    module = load_run(path) if path.is_dir() else GlueClassifier.load_from_checkpoint(path, map_location="cpu")
+    if path.is_dir():
+        module = load_run(path)
+    else:
+        module = GlueClassifier.load_from_checkpoint(path, map_location="cpu")
     trained_on = module.hparams.task["name"]
     if trained_on != cfg.task.name:
         raise ConfigError(f"task={cfg.task.name}: ckpt_path={path} was trained on {trained_on}; add "
@@ -112,7 +171,7 @@ def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list:
 
 
 def resolved_config(cfg: DictConfig) -> dict:
-    """The run config as a resolved plain dict, without the ``hydra`` node (present in composed test configs)."""
+    """The run config as a resolved plain dict, without the ``hydra`` node (present in composed configs)."""
     return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
             for key, node in ((k, cfg[k]) for k in cfg if k != "hydra")}
 
@@ -135,7 +194,8 @@ def check_test_files(datamodule) -> None:
         path = Path(datamodule.glue_dir) / datamodule.task.dir / datamodule.task.splits[split]
         if not path.is_file():
             raise ConfigError(f"test_predictions=true: {path} is missing; set test_predictions=false for "
-                              f"{datamodule.task.name} or point data.glue_dir to a folder with its test split")
+                              f"{datamodule.task.name} or point data.glue_dir to a folder with its test "
+                              f"split")
 
 
 def write_test_predictions(module, datamodule, run_dir: Path) -> list[Path]:
@@ -149,7 +209,8 @@ def write_test_predictions(module, datamodule, run_dir: Path) -> list[Path]:
     names = datamodule.test_split_names
     if len(names) == 1:
         outputs = [outputs]
-    return [write_glue_predictions(datamodule.task, torch.cat(batches), run_dir / PREDICTIONS_DIR, split=split)
+    out_dir = run_dir / PREDICTIONS_DIR
+    return [write_glue_predictions(datamodule.task, torch.cat(batches), out_dir, split=split)
             for split, batches in zip(names, outputs)]
 
 
@@ -179,9 +240,14 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg) if cfg.train else load_for_eval(cfg)
-    tokenizer = load_tokenizer(module.hparams.model)
-    datamodule = GlueDataModule.from_config(cfg.data, tokenizer, task=module.hparams.task["name"], seed=cfg.seed)
+    if cfg.train:  # data errors surface before the model is loaded and compressed
+        datamodule = GlueDataModule.from_config(cfg.data, load_tokenizer(cfg.model), task=cfg.task.name,
+                                                seed=cfg.seed)
+        module = build_module(cfg)
+    else:
+        module = load_for_eval(cfg)
+        datamodule = GlueDataModule.from_config(cfg.data, load_tokenizer(module.hparams.model),
+                                                task=module.hparams.task["name"], seed=cfg.seed)
     if cfg.test_predictions:
         check_test_files(datamodule)
     loggers = instantiate_loggers(cfg)

@@ -140,27 +140,23 @@ def _split_svd(
     return u[:, :rank], s[:rank, None] * vh[:rank]
 
 
-def _split_gram(
-    unfolding: torch.Tensor, delta: float, max_rank: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_gram(unfolding: torch.Tensor, delta: float, max_rank: int | None) -> tuple[torch.Tensor, ...]:
     """Fast step: the same truncation from the eigen-decomposition of the smaller Gram matrix.
 
     The rank rule needs only the squared singular values and the kept part needs only ``r`` singular
-    vectors, so one small float64 Gram product and ``eigh`` replace the SVD; the kept factor is the exact
-    projection ``U_rᵀ C`` (equal to ``Σ_r V_rᵀ``).
+    vectors, so one Gram product and a symmetric ``eigh`` replace the SVD; the kept factor is the exact
+    projection ``U_rᵀ C`` (equal to ``Σ_r V_rᵀ``). The tail sums are accumulated in float64.
     """
-    c64 = unfolding.double()
     rows, cols = unfolding.shape
-    gram = c64 @ c64.T if rows <= cols else c64.T @ c64
+    gram = unfolding @ unfolding.T if rows <= cols else unfolding.T @ unfolding
     evals, evecs = torch.linalg.eigh(gram)  # ascending
-    sq = evals.flip(0).clamp_min(0)
+    sq = evals.flip(0).double().clamp_min(0)
     rank = rank_from_tail(sq, delta, max_rank, squared=True)
     top = evecs[:, -rank:].flip(1)
     if rows <= cols:
         u = top
     else:  # top holds V_r; U_r = C V_r / σ_r
-        u = (c64 @ top) / sq[:rank].sqrt().clamp_min(torch.finfo(torch.float64).tiny)
-    u = u.to(unfolding.dtype)
+        u = (unfolding @ top) / sq[:rank].sqrt().clamp_min(1e-30).to(unfolding.dtype)
     return u, u.T @ unfolding
 
 

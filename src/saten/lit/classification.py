@@ -18,6 +18,7 @@ from saten.lit.optim import build_optimizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+SPLIT_SUFFIX = {"validation_matched": "_m", "validation_mismatched": "_mm"}
 
 
 def to_plain(cfg) -> dict | None:
@@ -131,13 +132,14 @@ class GlueClassifier(L.LightningModule):
                 total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
             loss = float(total / count)
             losses.append(loss)
-            if len(self.eval_splits) > 1:
-                metrics["loss" + {"validation_matched": "_m", "validation_mismatched": "_mm"}.get(split, split)] = loss
+            if len(self.eval_splits) > 1:  # MNLI: loss_m, loss_mm
+                metrics["loss" + SPLIT_SUFFIX.get(split, f"_{split}")] = loss
         if not losses:
             return
         metrics["loss"] = sum(losses) / len(losses)
         self.last_metrics = dict(metrics)
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, add_dataloader_idx=False, sync_dist=False)
+        # values are already global (GlueMetric syncs, losses are gathered); syncing averages equal numbers
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, add_dataloader_idx=False, sync_dist=True)
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         if self.metric_name not in metrics:
@@ -148,12 +150,19 @@ class GlueClassifier(L.LightningModule):
         if best is None or (value > best if higher else value < best):
             self.best = dict(metrics)
             self.best["epoch"] = float(self.current_epoch)
-        self.log_dict({f"best/{k}": v for k, v in self.best.items()}, add_dataloader_idx=False)
+        self.log_dict({f"best/{k}": v for k, v in self.best.items()}, add_dataloader_idx=False,
+                      sync_dist=True)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> torch.Tensor:
         """Class ids (STS-B: scores) of an unlabeled test batch."""
         batch = {k: v for k, v in batch.items() if k != "labels"}
         return self._predictions(self(batch).logits).cpu()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["saten_best"] = dict(self.best)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best = dict(checkpoint.get("saten_best", {}))  # a resumed run keeps its best epoch
 
     # ---- optimization ----------------------------------------------------------------------------
     def configure_optimizers(self):

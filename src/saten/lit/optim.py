@@ -39,7 +39,8 @@ def check_optim_config(optim: Mapping) -> None:
         raise ConfigError(f"optim.warmup_steps={steps}: must be an integer >= 0 or null (use warmup_ratio)")
     scheduler = optim.get("scheduler", "linear")
     if scheduler not in SCHEDULERS:
-        raise ConfigError(f"optim.scheduler={scheduler}: unknown schedule; choose one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"optim.scheduler={scheduler}: unknown schedule; choose one of "
+                          f"{', '.join(SCHEDULERS)}")
 
 
 def no_decay_parameters(model: nn.Module) -> set[int]:
