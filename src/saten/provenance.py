@@ -99,6 +99,7 @@ def collect(argv: list[str] | None = None, repo_dir: str | Path | None = None) -
                 "version": torch.version.cuda}
     return {
         "command": " ".join([Path(sys.executable).name, *argv]),
+        "job_command": _job_command(),
         "argv": argv,
         "cwd": os.getcwd(),
         "git": git_state(repo_dir),
@@ -111,6 +112,16 @@ def collect(argv: list[str] | None = None, repo_dir: str | Path | None = None) -
         "versions": package_versions(),
         "started": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
     }
+
+
+def _job_command() -> str | None:
+    """The single-run command of this (multirun) job: ``python run.py <its overrides>``, or ``None``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return " ".join(["python", "run.py", *HydraConfig.get().overrides.task])
+    except (ImportError, ValueError):
+        return None
 
 
 def write_provenance(run_dir: str | Path, argv: list[str] | None = None) -> Path:
