@@ -48,7 +48,7 @@ def git_state(cwd: str | Path | None = None) -> dict:
     sha = _git("rev-parse", "HEAD")
     if not sha:
         return {"sha": None, "dirty": None}
-    status = _git("status", "--porcelain")
+    status = _git("status", "--porcelain", "--untracked-files=no")  # dirty = tracked files changed
     return {"sha": sha, "dirty": None if status is None else bool(status)}
 
 
