@@ -137,6 +137,8 @@ def test_unused_knobs_are_dropped_with_a_warning(caplog):
     assert cfg.eps is None and cfg.density is None and cfg.sparsity is None
     assert sorted(cfg.dropped) == ["density", "eps", "sparsity"]
     assert "saten.eps=0.8 is not used by method=svd" in caplog.text
+    switched = SatenConfig.from_any({"method": "svd", "eps": 0.85, "density": 0.1, "svd_ratio": None})
+    assert switched.svd_ratio == 0.33 and "using 0.33" in caplog.text
     nm = SatenConfig.from_any({"method": "saten", "eps": 1.0, "sparsity": "nm", "nm": [2, 4], "density": 0.1})
     assert nm.density is None and nm.effective_density == 0.5
 

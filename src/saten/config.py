@@ -18,6 +18,7 @@ __all__ = ["METHODS", "SatenConfig", "TTShapeConfig"]
 log = logging.getLogger(__name__)
 
 METHODS = ("saten", "tt", "svd", "dense")
+DEFAULT_SVD_RATIO = 0.33
 _COMMON = {"method", "targets", "exclude", "overrides", "freeze"}
 USES = {
     "saten": _COMMON | {"eps", "max_rank", "density", "sparsity", "nm", "embeddings"},
@@ -144,6 +145,9 @@ class SatenConfig:
                 self.nm = [int(self.nm[0]), int(self.nm[1])]
         if m in ("saten", "tt") and self.max_rank is not None:
             _need(int(self.max_rank) >= 1, "max_rank", self.max_rank, "use an integer >= 1 or null")
+        if m == "svd" and self.svd_ratio is None:  # e.g. saten.method=svd on top of the saten_u file
+            log.warning("saten.svd_ratio is not set; using %s (the svd file's default)", DEFAULT_SVD_RATIO)
+            self.svd_ratio = DEFAULT_SVD_RATIO
         if m == "svd":
             _need(
                 self.svd_ratio is not None and 0 < self.svd_ratio <= 1,
