@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from saten import SatenEmbedding, SatenLinear, SVDLinear, TTShape
-from saten.layers import svd_rank
+from saten.lowrank import svd_rank
 
 
 def _linear(n_in=48, n_out=40, seed=0):

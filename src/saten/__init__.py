@@ -4,7 +4,8 @@ from saten.accounting import layer_counts, model_report
 from saten.compress import compress, find_targets, parameter_groups
 from saten.config import SatenConfig, TTShapeConfig
 from saten.embedding import SatenEmbedding
-from saten.layers import SatenLinear, SVDLinear
+from saten.layers import SatenLinear
+from saten.lowrank import SVDLinear
 from saten.tt import TTShape, balanced_shape, tt_svd
 
 __all__ = [

@@ -7,7 +7,8 @@ import math
 from torch import nn
 
 from saten.embedding import SatenEmbedding
-from saten.layers import SatenLinear, SVDLinear
+from saten.layers import SatenLinear
+from saten.lowrank import SVDLinear
 
 __all__ = ["COMPRESSED_TYPES", "compressed_modules", "layer_counts", "layer_row", "model_report"]
 

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 from saten.config import SatenConfig, TTShapeConfig
 from saten.embedding import SatenEmbedding
 from saten.errors import ConfigError
-from saten.layers import SatenLinear, SVDLinear
+from saten.layers import SatenLinear
+from saten.lowrank import SVDLinear
 from saten.tt import TTShape, balanced_shape
 
 __all__ = ["DEFAULT_TARGETS", "SatenTiedHead", "compress", "find_targets", "parameter_groups"]
