@@ -20,6 +20,17 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A plain ``nn.Linear`` holding a copy of ``weight`` (``(out, in)``) and ``bias``."""
+    out_f, in_f = weight.shape
+    linear = nn.Linear(in_f, out_f, bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
 def _relative(diff: torch.Tensor, ref_norm: float) -> float:
     return float(torch.linalg.vector_norm(diff) / ref_norm) if ref_norm > 0 else 0.0
 
@@ -177,18 +188,7 @@ class SatenLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` with the effective weight (for deployment)."""
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            device=self.values.device,
-            dtype=self.values.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight)
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return dense_linear(self.weight, self.bias)
 
     merge = to_dense
 

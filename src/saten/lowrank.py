@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from saten.layers import _work_dtype
+from saten.layers import _work_dtype, dense_linear
 
 __all__ = ["SVDLinear", "svd_rank"]
 
@@ -64,18 +64,8 @@ class SVDLinear(nn.Module):
         return F.linear(F.linear(x, self.right), self.left, self.bias)
 
     def to_dense(self) -> nn.Linear:
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            device=self.left.device,
-            dtype=self.left.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight)
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        """A plain ``nn.Linear`` with ``W = left · right``."""
+        return dense_linear(self.weight, self.bias)
 
     merge = to_dense
 
