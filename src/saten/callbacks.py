@@ -3,7 +3,8 @@
 - :class:`CompressionStats`: at fit start (or validate/test/predict start in eval-only runs) the
   compression report of :func:`saten.model_report` goes to every logger (hyperparameters + metrics;
   a per-layer ``wandb.Table`` on W&B) and to ``report.json`` / ``compression_layers.csv`` in the run dir.
-- :class:`RunSummary`: after the final validation writes ``summary.json`` (density, eps, method, ratio,
+- :class:`RunSummary`: after the final validation (and the test split, for perplexity) writes
+  ``summary.json`` (density, eps, method, ratio,
   model_ratio, params, best/<metric>, final metrics, seconds, seed, task, model), sets the same keys in
   the W&B run summary and saves the compressed model (``model.safetensors``).
 """
@@ -185,6 +186,13 @@ class RunSummary(Callback):
                 k[len("val/"):]: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             self.final = {f"val/{k}": float(v) for k, v in last.items()}
             self.write(trainer, pl_module, save=True)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "test" and not trainer.fast_dev_run:
+            last = getattr(pl_module, "test_metrics", None) or {
+                k[len("test/"):]: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            self.final.update({f"test/{k}": float(v) for k, v in last.items()})
+            self.write(trainer, pl_module)
 
     def build(self, trainer: Trainer, pl_module: LightningModule) -> dict:
         """The summary dict (see the module docstring)."""

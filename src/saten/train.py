@@ -23,8 +23,9 @@ PREDICTIONS_DIR = "predictions"
 
 
 def metric_mode(monitor: str) -> str:
-    """``min`` for a monitored loss, ``max`` for any other metric (OmegaConf resolver ``metric_mode``)."""
-    return "min" if "loss" in str(monitor).rsplit("/", 1)[-1] else "max"
+    """``min`` for a monitored loss or perplexity, ``max`` for any other metric (resolver ``metric_mode``)."""
+    last = str(monitor).rsplit("/", 1)[-1]
+    return "min" if "loss" in last or "perplexity" in last else "max"
 
 
 def run_tag(choice: str | None, saten: Mapping) -> str:
@@ -103,31 +104,25 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_method_config(cfg: DictConfig) -> None:
-    """Validate the saten, tt_shape and task groups before the (slow) model load."""
+    """Validate the saten, tt_shape, task and lora groups before the (slow) model load."""
     from saten.config import SatenConfig, TTShapeConfig
-    from saten.data.glue import get_task
-    from saten.data.metrics import metric_keys
+    from saten.families import check_task_config
 
     SatenConfig.from_any(cfg.saten, warn=False)
     TTShapeConfig.from_any(cfg.tt_shape)
-    task = get_task(cfg.task.name)
-    keys = {"loss", *(k for split in task.eval_splits for k in metric_keys(task.name, split))}
-    if len(task.eval_splits) > 1:
-        keys |= {"loss_m", "loss_mm"}
-    if cfg.task.metric not in keys:
-        raise ConfigError(f"task.metric={cfg.task.metric}: {task.name} logs no such metric; use one of "
-                          f"{', '.join(sorted(keys))}")
+    check_task_config(cfg)
 
 
 def load_for_eval(cfg: DictConfig):
     """The model to evaluate (``train=false``): a run dir via :func:`saten.lit.load_run`, or a ``.ckpt``."""
-    from saten.lit import GlueClassifier, load_run
+    from saten.families import module_class, task_kind
+    from saten.lit import load_run
 
     path = Path(str(cfg.ckpt_path))
     if path.is_dir():
         module = load_run(path)
     else:
-        module = GlueClassifier.load_from_checkpoint(path, map_location="cpu")
+        module = module_class(task_kind(cfg.task)).load_from_checkpoint(path, map_location="cpu")
     trained_on = module.hparams.task["name"]
     if trained_on != cfg.task.name:
         raise ConfigError(f"task={cfg.task.name}: ckpt_path={path} was trained on {trained_on}; add "
@@ -232,7 +227,7 @@ def run(cfg: DictConfig) -> dict:
     ConfigError
         For a bad config value (caught by ``run.py``: one line on stderr, exit code 2).
     """
-    from saten.data.glue import GlueDataModule
+    from saten.families import build_datamodule, task_kind
     from saten.lit import build_module
     from saten.models import load_tokenizer
 
@@ -241,13 +236,12 @@ def run(cfg: DictConfig) -> dict:
     write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.train:  # data errors surface before the model is loaded and compressed
-        datamodule = GlueDataModule.from_config(cfg.data, load_tokenizer(cfg.model), task=cfg.task.name,
-                                                seed=cfg.seed)
+        datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
         module = build_module(cfg)
     else:
         module = load_for_eval(cfg)
-        datamodule = GlueDataModule.from_config(cfg.data, load_tokenizer(module.hparams.model),
-                                                task=module.hparams.task["name"], seed=cfg.seed)
+        datamodule = build_datamodule(cfg, load_tokenizer(module.hparams.model), task=module.hparams.task)
+    train_free = cfg.train and cfg.trainer.get("max_epochs") == 0  # compress and evaluate only
     if cfg.test_predictions:
         check_test_files(datamodule)
     loggers = instantiate_loggers(cfg)
@@ -256,13 +250,15 @@ def run(cfg: DictConfig) -> dict:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
             logger.log_hyperparams(resolved_config(cfg))
-        if cfg.train:
+        if cfg.train and not train_free:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             if not trainer.fast_dev_run:
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "")
                 trainer.validate(module, datamodule=datamodule, ckpt_path="best" if best else None)
         else:
             trainer.validate(module, datamodule=datamodule)
+        if task_kind(cfg.task) == "lm" and not trainer.fast_dev_run:
+            trainer.test(module, datamodule=datamodule)  # the weights validate() evaluated
         if cfg.test_predictions and trainer.is_global_zero and not trainer.fast_dev_run:
             write_test_predictions(module, datamodule, run_dir)
         summaries = [c.summary for c in callbacks if type(c).__name__ == "RunSummary"]

@@ -75,7 +75,7 @@ class GlueClassifier(L.LightningModule):
         model, task, saten, tt_shape, optim = map(to_plain, (model, task, saten, tt_shape, optim))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
                                    "optim": optim, "compile": bool(compile)})
-        self.spec = get_task(task["name"])
+        self.spec = self.task_spec(task["name"])
         self.metric_name = str(task.get("metric") or self.spec.metric)
         problem_type = "regression" if self.spec.is_regression else "single_label_classification"
         start = time.perf_counter()
@@ -88,11 +88,20 @@ class GlueClassifier(L.LightningModule):
         if compile:
             self.model.compile()
         self.eval_splits = list(self.spec.eval_splits)
-        self.val_metrics = nn.ModuleList([GlueMetric(self.spec.name, split) for split in self.eval_splits])
+        self.val_metrics = nn.ModuleList([self.make_metric(split) for split in self.eval_splits])
         self._val_loss = [[] for _ in self.eval_splits]
         self.best: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
         self.compression_report: dict | None = None  # filled by saten.callbacks.CompressionStats
+
+    @staticmethod
+    def task_spec(name: str):
+        """The task description (a :class:`saten.data.glue.GlueTask`; subclasses return their own)."""
+        return get_task(name)
+
+    def make_metric(self, split: str):
+        """The accumulating metric of one evaluation split."""
+        return GlueMetric(self.spec.name, split)
 
     # ---- forward / steps -------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]):
@@ -173,9 +182,21 @@ class GlueClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def build_module(cfg: Mapping) -> GlueClassifier:
-    """Build a :class:`GlueClassifier` from a full run config (keys model, task, saten, tt_shape, optim)."""
-    return GlueClassifier(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
+def build_module(cfg: Mapping) -> L.LightningModule:
+    """The LightningModule of a full run config (keys model, task, saten, tt_shape, optim, lora).
+
+    ``task.kind`` picks the class: ``glue`` :class:`GlueClassifier`, ``superglue``
+    :class:`saten.lit.superglue.SuperGlueClassifier`, ``lm`` :class:`saten.lit.causal_lm.CausalLM`.
+    """
+    kind = cfg["task"].get("kind", "glue")
+    if kind == "lm":
+        from saten.lit.causal_lm import CausalLM
+
+        return CausalLM.from_config(cfg)
+    cls = GlueClassifier
+    if kind == "superglue":
+        from saten.lit.superglue import SuperGlueClassifier as cls
+    return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
                           tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
                           compile=bool(cfg.get("compile", False)))
 
@@ -213,7 +234,9 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> GlueClassifier:
             raise ConfigError(f"ckpt_path={run_dir}: no {name} in this run dir; pass a run dir of a finished "
                               f"training run (or a .ckpt file)")
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False)
-    module = build_module(cfg)
+    with torch.random.fork_rng():  # a random-init (tiny) model must get the run's init, hence its TT ranks
+        torch.manual_seed(int(cfg.get("seed") or 0))
+        module = build_module(cfg)
     load_model(module.model, str(run_dir / MODEL_FILE), strict=True, device=map_location)
     module.run_config = cfg
     return module.eval()
