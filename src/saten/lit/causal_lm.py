@@ -20,12 +20,12 @@ from saten.data.lm import token_nll
 from saten.errors import ConfigError
 from saten.lit.classification import to_plain
 from saten.lit.lora import apply_lora, lora_enabled, lora_parameter_count
-from saten.lit.optim import build_optimizer
+from saten.lit.optim import TrainingHooks
 
 LOWER_IS_BETTER = ("perplexity", "loss")
 
 
-class CausalLM(L.LightningModule):
+class CausalLM(TrainingHooks, L.LightningModule):
     """Pretrained causal LM, compressed with ``saten.compress``, optionally with LoRA adapters.
 
     The model is loaded, compressed and (with ``lora``) wrapped in ``__init__`` (deterministic), so
@@ -151,16 +151,3 @@ class CausalLM(L.LightningModule):
             self.test_metrics = dict(metrics)
             self.log_dict({f"test/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["saten_best"] = dict(self.best)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.best = dict(checkpoint.get("saten_best", {}))
-
-    # ---- optimization --------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        if self.hparams.optim is None:
-            raise ConfigError("optim=None: training needs the optim config group; add optim=adamw")
-        optimizer, scheduler = build_optimizer(self.model, self.hparams.optim,
-                                               int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -14,7 +14,7 @@ from torch import nn
 from saten.data.glue import get_task
 from saten.data.metrics import GlueMetric
 from saten.errors import ConfigError
-from saten.lit.optim import build_optimizer
+from saten.lit.optim import TrainingHooks
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -30,7 +30,7 @@ def to_plain(cfg) -> dict | None:
     return {k: (to_plain(v) if isinstance(v, (Mapping, DictConfig)) else v) for k, v in dict(cfg).items()}
 
 
-class GlueClassifier(L.LightningModule):
+class GlueClassifier(TrainingHooks, L.LightningModule):
     """Pretrained model + task head, compressed with ``saten.compress``, fine-tuned on one GLUE task.
 
     The model is loaded and compressed in ``__init__`` (compression is deterministic), so
@@ -167,19 +167,6 @@ class GlueClassifier(L.LightningModule):
         batch = {k: v for k, v in batch.items() if k != "labels"}
         return self._predictions(self(batch).logits).cpu()
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["saten_best"] = dict(self.best)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.best = dict(checkpoint.get("saten_best", {}))  # a resumed run keeps its best epoch
-
-    # ---- optimization ----------------------------------------------------------------------------
-    def configure_optimizers(self):
-        if self.hparams.optim is None:
-            raise ConfigError("optim=None: training needs the optim config group; add optim=adamw")
-        optimizer, scheduler = build_optimizer(self.model, self.hparams.optim,
-                                               int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def build_module(cfg: Mapping) -> L.LightningModule:

@@ -115,3 +115,24 @@ def build_optimizer(model: nn.Module, optim: Mapping, total_steps: int):
                               num_warmup_steps=min(warmup_steps(optim, total_steps), total_steps),
                               num_training_steps=total_steps)
     return optimizer, scheduler
+
+
+class TrainingHooks:
+    """LightningModule hooks shared by every task family (mixed in before ``L.LightningModule``).
+
+    The best validation metrics (``self.best``) survive checkpoints, so a resumed run keeps its best epoch;
+    the optimizer is AdamW over :func:`parameter_groups_with_lr` with the schedule of ``self.hparams.optim``.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["saten_best"] = dict(self.best)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best = dict(checkpoint.get("saten_best", {}))
+
+    def configure_optimizers(self):
+        if self.hparams.optim is None:
+            raise ConfigError("optim=None: training needs the optim config group; add optim=adamw")
+        optimizer, scheduler = build_optimizer(self.model, self.hparams.optim,
+                                               int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
