@@ -8,6 +8,7 @@ and hardware it came from.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 PACKAGES = ("torch", "transformers", "lightning", "hydra-core", "omegaconf", "wandb", "saten")
 
 
+@functools.cache
 def git_state(cwd: str | Path | None = None) -> dict:
     """Return the git SHA and dirty flag of the tree at ``cwd``.
 
@@ -32,7 +34,8 @@ def git_state(cwd: str | Path | None = None) -> dict:
     -------
     dict
         ``{"sha": str | None, "dirty": bool | None}``; both ``None`` when git or the repository
-        is absent (e.g. an installed wheel).
+        is absent (e.g. an installed wheel). Cached: every job of a multirun reports the revision the
+        process loaded its code from, even if the checkout moves on while the sweep runs.
     """
     cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
 

@@ -31,12 +31,8 @@ def method_label(summary: dict) -> str:
 
 
 def _job_command(run_dir: Path, provenance: dict) -> str:
-    if provenance.get("job_command"):
-        return provenance["job_command"]
-    name = run_dir.name  # multirun subdir "<num>_<k=v,k=v>": rebuild the single-run command
-    if "_" in name and "=" in name:
-        return "python run.py " + " ".join(name.split("_", 1)[1].split(","))
-    return provenance.get("command", "")
+    """The run's own command; for runs that predate ``job_command``, the exact (multirun) command line."""
+    return provenance.get("job_command") or provenance.get("command", "")
 
 
 def read_run(run_dir: Path) -> dict:
@@ -69,6 +65,7 @@ def read_run(run_dir: Path) -> dict:
     row.update(
         {
             "command": _job_command(run_dir, provenance),
+            "job": run_dir.name,
             "git": (provenance.get("git") or {}).get("sha"),
             "cpu": (provenance.get("cpu") or {}).get("model", cpu_model()),
             "threads": provenance.get("torch_threads"),
@@ -100,7 +97,7 @@ def _typed(row: dict) -> dict:
         try:
             out[key] = (
                 float(value)
-                if value not in ("", None) and key not in ("command", "git", "run_dir")
+                if value not in ("", None) and key not in ("command", "job", "git", "run_dir")
                 else (value or None)
             )
         except ValueError:
