@@ -24,6 +24,24 @@ if not os.environ.get("SATEN_DATA_DIR") and (REPO_ROOT.parent / "shared" / "data
     os.environ["SATEN_DATA_DIR"] = str((REPO_ROOT.parent / "shared" / "data").resolve())
 
 
+def _materialize_glue_fixtures() -> Path:
+    """The invented GLUE fixture rows (``tests/fixtures/glue/<TASK>/<split>.rows``) as a GLUE folder of
+    ``<split>.tsv`` files in a temporary directory, written once per test session (no TSV is tracked)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="saten-glue-fixtures-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    for rows in (Path(__file__).parent / "fixtures" / "glue").glob("*/*.rows"):
+        (target / rows.parent.name).mkdir(exist_ok=True)
+        shutil.copyfile(rows, target / rows.parent.name / f"{rows.stem}.tsv")
+    return target
+
+
+FIXTURE_GLUE = _materialize_glue_fixtures()
+
+
 def load_model_cfg(name: str, cache_dir: Path | None = SMOLLM2_CACHE_DIR) -> dict:
     """``conf/model/<name>.yaml`` as a dict; ``cache_dir`` replaces its ``${paths...}`` value."""
     from omegaconf import OmegaConf

@@ -12,7 +12,7 @@ from saten.data.glue import TASKS, GlueDataModule
 from saten.data.metrics import metric_keys
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FIXTURE_GLUE = Path(__file__).parent / "fixtures" / "glue"
+from conftest import FIXTURE_GLUE  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

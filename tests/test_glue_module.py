@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURE_GLUE  # noqa: E402
 
 from saten.data import glue_tokenized
 from saten.data.glue import GlueDataModule
 from saten.errors import ConfigError
 
-FIXTURE_GLUE = Path(__file__).parent / "fixtures" / "glue"
 DATA_DIR = Path(os.environ.get("SATEN_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 GLUE_DIR = DATA_DIR / "glue"
 needs_glue = pytest.mark.skipif(not (GLUE_DIR / "MRPC").is_dir(), reason=f"GLUE data not found at {GLUE_DIR}")

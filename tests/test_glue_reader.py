@@ -9,12 +9,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURE_GLUE  # noqa: E402
 
 from saten.data.glue import TASKS, get_task, read_split, resolve_glue_dir
 from saten.data.glue_tasks import glue_dir_resolver
 from saten.errors import ConfigError
 
-FIXTURE_GLUE = Path(__file__).parent / "fixtures" / "glue"
 DATA_DIR = Path(os.environ.get("SATEN_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 GLUE_DIR = DATA_DIR / "glue"
 needs_glue = pytest.mark.skipif(not (GLUE_DIR / "MRPC").is_dir(), reason=f"GLUE data not found at {GLUE_DIR}")

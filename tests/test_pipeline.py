@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # lightning 2.6 on torch 2.13 warns about its own pytree use
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec")
 CONF_DIR = REPO_ROOT / "conf"
-FIXTURE_GLUE = Path(__file__).resolve().parent / "fixtures" / "glue"
+from conftest import FIXTURE_GLUE  # noqa: E402
+
 TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 METHODS = ["saten_u", "saten_24", "tt", "svd", "dense"]
 # tasks whose train split is not in the shared data folder: part B's fixtures stand in
