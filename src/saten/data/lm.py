@@ -99,7 +99,7 @@ def tokenize_stream(text: str, tokenizer, cache_dir: str | os.PathLike | None = 
         path = Path(cache_dir) / "lm" / f"{name}-{key}.pt"
         if path.is_file():
             return torch.load(path)
-    from saten.models import _quiet_transformers
+    from saten.packaged import _quiet_transformers
 
     with _quiet_transformers():  # one stream, longer than model_max_length on purpose
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
