@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import DataCollatorWithPadding
 
+from saten.data.base import FromDataConfig
 from saten.data.glue_tasks import GlueTask, get_task, resolve_glue_dir
 from saten.data.glue_tokenized import TokenizedSplit, load_or_build_split
 from saten.errors import ConfigError
 
 
-class GlueDataModule(LightningDataModule):
+class GlueDataModule(FromDataConfig, LightningDataModule):
     """Tokenized GLUE train / validation / test loaders for one task.
 
     Parameters
@@ -80,15 +80,6 @@ class GlueDataModule(LightningDataModule):
         self.collator = DataCollatorWithPadding(
             tokenizer, padding="longest" if self.dynamic_padding else "max_length",
             max_length=None if self.dynamic_padding else max_seq_length, return_tensors="pt")
-
-    @classmethod
-    def from_config(cls, data_cfg: Mapping, tokenizer, task: str | GlueTask | None = None,
-                    **overrides) -> GlueDataModule:
-        """Build from the ``data`` config group (minus ``_target_``); ``task=`` overrides its ``task``."""
-        kwargs = {str(k): v for k, v in dict(data_cfg).items() if k != "_target_"}
-        if task is not None:
-            kwargs["task"] = task
-        return cls(tokenizer=tokenizer, **(kwargs | overrides))
 
     @property
     def source(self) -> str:

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from saten.data.base import FromDataConfig
 from saten.data.glue_reader import hub_is_offline
 from saten.errors import ConfigError
 
@@ -179,7 +180,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll.double(), keep.sum().double()
 
 
-class LMDataModule(LightningDataModule):
+class LMDataModule(FromDataConfig, LightningDataModule):
     """Perplexity evaluation chunks (validation, test) and an optional fine-tuning corpus.
 
     Parameters
@@ -228,12 +229,6 @@ class LMDataModule(LightningDataModule):
         self.train_limit, self.num_workers, self.seed = train_limit, num_workers, seed
         self.cache_dir = None if cache_dir in (None, "") else os.fspath(cache_dir)
         self.datasets: dict[str, ChunkDataset] = {}
-
-    @classmethod
-    def from_config(cls, data_cfg, tokenizer, **overrides) -> LMDataModule:
-        """Build from the ``data`` config group (minus ``_target_``)."""
-        kwargs = {str(k): v for k, v in dict(data_cfg).items() if k != "_target_"}
-        return cls(tokenizer=tokenizer, **(kwargs | overrides))
 
     @property
     def protocol(self) -> str:

@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from transformers import DataCollatorWithPadding
 
+from saten.data.base import FromDataConfig
 from saten.data.glue_reader import hub_is_offline
 from saten.errors import ConfigError
 
@@ -150,7 +151,7 @@ def resolve_source(task: SuperGlueTask, source: str, data_dir) -> Path | None:
     return folder if source == "local" or (source == "auto" and present) else None
 
 
-class SuperGlueDataModule(LightningDataModule):
+class SuperGlueDataModule(FromDataConfig, LightningDataModule):
     """Tokenized SuperGLUE train / validation / test loaders for one task (pairs, dynamic padding).
 
     Parameters
@@ -183,12 +184,6 @@ class SuperGlueDataModule(LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.splits: dict[str, list[dict]] = {}
         self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
-    @classmethod
-    def from_config(cls, data_cfg, tokenizer, **overrides) -> SuperGlueDataModule:
-        """Build from the ``data`` config group (minus ``_target_``)."""
-        kwargs = {str(k): v for k, v in dict(data_cfg).items() if k != "_target_"}
-        return cls(tokenizer=tokenizer, **(kwargs | overrides))
 
     @property
     def source(self) -> str:
