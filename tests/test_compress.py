@@ -186,3 +186,10 @@ def test_freeze_and_embeddings_on_tied_llama():
     ids = torch.randint(0, 96, (2, 5))
     hidden = model.model(ids).last_hidden_state
     assert torch.allclose(model(ids).logits, hidden @ model.model.embed_tokens.weight.T, atol=1e-5)
+
+
+def test_defaults_the_caller_never_set_drop_silently(caplog):
+    with caplog.at_level(logging.WARNING):
+        cfg = SatenConfig.from_any({"method": "tt", "eps": 0.6})
+    assert cfg.density is None and cfg.sparsity is None
+    assert "not used by" not in caplog.text

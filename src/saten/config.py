@@ -99,11 +99,11 @@ class SatenConfig:
         if unknown:
             raise ConfigError(f"saten.{unknown[0]}: unknown key; valid keys are {', '.join(sorted(known))}")
         config = cls(**data)
-        config._drop_unused(warn)
+        config._drop_unused(warn, given=set(data))
         config.validate()
         return config
 
-    def _drop_unused(self, warn: bool) -> None:
+    def _drop_unused(self, warn: bool, given: set[str]) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"saten.method={self.method}: unknown method; use one of {', '.join(METHODS)}")
         uses = set(USES[self.method])
@@ -114,7 +114,7 @@ class SatenConfig:
             default = _NULL_DEFAULTS.get(name)
             if value is not None and value != default and value != []:
                 self.dropped.append(name)
-                if warn:
+                if warn and name in given:  # a class default the caller never set is not worth a warning
                     log.warning(
                         "saten.%s=%s is not used by method=%s; dropped (recorded as null)",
                         name,
