@@ -179,8 +179,15 @@ def compress(
     shape_cfg = TTShapeConfig.from_any(tt_shape)
     start = time.perf_counter()
     replaced: list[str] = []
+    budget = None
     if cfg.method != "dense":
         names = find_targets(model, cfg.targets, cfg.exclude)
+        if cfg.target_ratio is not None:  # global budget: choose eps (and density) first
+            from saten.budget import fit_budget
+
+            linears = [model.get_submodule(name) for name in names]
+            shapes = [_shape_for(n, lin, shape_cfg) for n, lin in zip(names, linears)]
+            cfg, budget = fit_budget(linears, shapes, cfg)
         with torch.no_grad():
             modules = _compress_all(model, names, cfg, shape_cfg, progress)
             for name, module in zip(names, modules, strict=True):
@@ -197,6 +204,8 @@ def compress(
         "replaced": replaced,
         "seconds": time.perf_counter() - start,
     }
+    if budget is not None:
+        model.saten_info["budget"] = budget
     return replaced
 
 

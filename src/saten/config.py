@@ -21,8 +21,8 @@ METHODS = ("saten", "tt", "svd", "dense")
 DEFAULT_SVD_RATIO = 0.33
 _COMMON = {"method", "targets", "exclude", "overrides", "freeze"}
 USES = {
-    "saten": _COMMON | {"eps", "max_rank", "density", "sparsity", "nm", "embeddings"},
-    "tt": _COMMON | {"eps", "max_rank", "embeddings"},
+    "saten": _COMMON | {"eps", "max_rank", "density", "sparsity", "nm", "embeddings", "target_ratio"},
+    "tt": _COMMON | {"eps", "max_rank", "embeddings", "target_ratio"},
     "svd": _COMMON | {"svd_ratio"},
     "dense": {"method", "freeze"},
 }
@@ -70,6 +70,9 @@ class SatenConfig:
         ``{pattern: {eps: …, density: …, max_rank: …}}`` per layer (regex full-match or suffix).
     freeze : bool
         Freeze compressed layers after compression (LoRA-on-frozen protocol).
+    target_ratio : float, optional
+        Global budget (saten, tt): choose ε (and top up the density) so that the targeted ratio hits this
+        value (:mod:`saten.budget`); the given ``eps`` is then ignored and ``density`` is a floor.
     """
 
     method: str = "saten"
@@ -84,6 +87,7 @@ class SatenConfig:
     svd_ratio: float | None = None
     overrides: dict | None = None
     freeze: bool = False
+    target_ratio: float | None = None
     dropped: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -155,6 +159,12 @@ class SatenConfig:
                 self.svd_ratio,
                 "use a ratio in (0, 1], e.g. saten.svd_ratio=0.33",
             )
+        if self.target_ratio is not None:
+            _need(0 < self.target_ratio <= 1, "target_ratio", self.target_ratio,
+                  "use a ratio in (0, 1], e.g. saten.target_ratio=0.33, or null")
+            _need(not self.overrides and not self.embeddings, "target_ratio", self.target_ratio,
+                  "the global budget covers the Linear targets only; drop saten.overrides/embeddings or set "
+                  "saten.target_ratio=null")
         for key in ("targets", "exclude"):
             value = getattr(self, key)
             _need(
