@@ -15,7 +15,7 @@ from saten.layers import _relative, _work_dtype
 from saten.sparse import select_positions
 from saten.tt import TTShape, balanced_factors, tt_svd_matrix, tt_to_matrix
 
-__all__ = ["SatenEmbedding", "padded_rows"]
+__all__ = ["SatenEmbedding", "csr_rows", "padded_rows"]
 
 
 def padded_rows(num_rows: int, order: int = 2, slack: float = 0.01) -> int:
@@ -25,6 +25,27 @@ def padded_rows(num_rows: int, order: int = 2, slack: float = 0.01) -> int:
     """
     candidates = range(num_rows, num_rows + max(1, int(num_rows * slack)) + 1)
     return min(candidates, key=lambda n: (sum(balanced_factors(n, order)), n))
+
+
+def csr_rows(
+    row_ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, dim: int
+) -> torch.Tensor:
+    """Rows ``ids`` (1-D) of the sparse ``(rows, dim)`` matrix held in CSR form, as dense ``(len(ids), dim)``.
+
+    ``columns`` may also be flat positions into the row-major matrix (only ``columns % dim`` is used).
+    """
+    out = torch.zeros(ids.numel(), dim, dtype=values.dtype, device=ids.device)
+    if values.numel() == 0:
+        return out
+    start, stop = row_ptr[ids].long(), row_ptr[ids + 1].long()
+    counts = stop - start
+    owner = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), counts)
+    offsets = torch.arange(int(counts.sum()), device=ids.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    entry = torch.repeat_interleave(start, counts) + offsets
+    flat_out = owner * dim + columns[entry].long() % dim
+    return out.reshape(-1).index_add(0, flat_out, values[entry]).reshape(out.shape)
 
 
 class SatenEmbedding(nn.Module):
@@ -151,18 +172,7 @@ class SatenEmbedding(nn.Module):
         return rows @ right.reshape(rows.shape[1], self.embedding_dim)
 
     def _sparse_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(ids.numel(), self.embedding_dim, dtype=self.values.dtype, device=ids.device)
-        if self.nnz == 0:
-            return out
-        start, stop = self.row_ptr[ids], self.row_ptr[ids + 1]
-        counts = stop - start
-        owner = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), counts)
-        offsets = torch.arange(int(counts.sum()), device=ids.device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        entry = torch.repeat_interleave(start, counts) + offsets
-        flat_out = owner * self.embedding_dim + self.positions[entry] % self.embedding_dim
-        return out.reshape(-1).index_add(0, flat_out, self.values[entry]).reshape(out.shape)
+        return csr_rows(self.row_ptr, self.positions, self.values, ids, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
         emb = nn.Embedding(

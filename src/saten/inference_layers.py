@@ -1,0 +1,270 @@
+"""Inference formats of a trained :class:`~saten.layers.SatenLinear` (see :func:`saten.export.export`).
+
+- :class:`MergedLinear`: the effective dense weight ``TT(cores)ᵀ + S``; a plain ``nn.Linear`` subclass
+  whose state dict is an ``nn.Linear``'s, so a merged model saves and loads as an ordinary model.
+- :class:`FactorizedTTLinear`: the input is contracted with the TT factors and the sparse residual is
+  applied separately: ``y = x A₁ A₂ + x Sᵀ + b``. For the plain layout the input-side and output-side
+  cores are contracted once at export into ``A₁`` (``N × r_p``) and ``A₂`` (``r_p × M``), fixing the
+  contraction path; for the matrix layout the input is contracted with one core after another. The
+  residual is a torch CSR matrix (``kernel="csr"``, ``torch.sparse.mm``) or row/column index arrays
+  (``kernel="gather"``, an index gather of the input and a scatter-add into the output).
+- :class:`SemiStructuredLinear`: TT factors plus a 2:4 residual in PyTorch's semi-structured sparse format
+  (``torch.sparse.to_sparse_semi_structured``), CUDA compute capability 8.0 or newer only.
+
+All tensors are buffers: an exported layer has no trainable parameters other than the merged weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from saten.layers import SatenLinear
+from saten.tt import TTShape, _chain
+
+__all__ = [
+    "FactorizedTTLinear",
+    "MergedLinear",
+    "csr_matrix",
+    "SemiStructuredLinear",
+    "semi_structured_available",
+    "sparse_residual",
+]
+
+KERNELS = ("csr", "gather")
+
+
+class MergedLinear(nn.Linear):
+    """``nn.Linear`` holding the merged weight of a compressed layer (same state dict keys)."""
+
+    @classmethod
+    def from_saten(cls, layer: SatenLinear) -> MergedLinear:
+        weight = layer.weight.detach()
+        out = cls(layer.in_features, layer.out_features, layer.bias is not None,
+                  device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            out.weight.copy_(weight)
+            if layer.bias is not None:
+                out.bias.copy_(layer.bias)
+        return out.requires_grad_(False)
+
+    def spec(self) -> dict:
+        return {"kind": "merged", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype=None, device=None) -> MergedLinear:
+        return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype=dtype, device=device)
+
+
+def _tt_factors(layer: SatenLinear) -> list[torch.Tensor]:
+    """Plain layout: ``[A₁ᵀ (r_p, N), A₂ᵀ (M, r_p)]`` in ``F.linear`` orientation; matrix: the cores."""
+    cores = [c.detach() for c in layer.cores]
+    shape = layer.shape
+    if shape.layout != "plain":
+        return [c.clone() for c in cores]
+    p = len(shape.in_factors)
+    left = _chain(cores[:p]).reshape(shape.n_in, -1)
+    right = _chain(cores[p:]).reshape(left.shape[1], shape.n_out)
+    return [left.t().contiguous(), right.t().contiguous()]
+
+
+def _contract_matrix(x: torch.Tensor, cores, shape: TTShape) -> torch.Tensor:
+    """``x A`` for the matrix (interleaved) layout: contract ``(r_{k-1}, n_k)`` with core ``k`` in turn."""
+    batch = x.shape[0]
+    t = x.reshape(batch, 1, 1, shape.n_in)  # (B, M_done, r_{k-1}, n_k · N_rest)
+    for core, n_k, m_k in zip(cores, shape.in_factors, shape.out_factors, strict=True):
+        r0, r1 = core.shape[0], core.shape[2]
+        b, done = t.shape[0], t.shape[1]
+        rest = t.shape[3] // n_k
+        t = t.reshape(b, done, r0, n_k, rest).permute(0, 1, 4, 2, 3).reshape(b, done, rest, r0 * n_k)
+        t = t @ core.reshape(r0 * n_k, m_k * r1)  # (B, done, rest, m_k · r_k)
+        t = t.reshape(b, done, rest, m_k, r1).permute(0, 1, 3, 4, 2).reshape(b, done * m_k, r1, rest)
+    return t.reshape(batch, shape.n_out)
+
+
+def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A torch CSR tensor over the given buffers (no copy; invariants hold by construction)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+def sparse_residual(positions: torch.Tensor, values: torch.Tensor, rows: int, cols: int, kernel: str):
+    """Index tensors for the residual in ``kernel``'s form; returns a dict of buffers."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
+    positions = positions.detach()
+    row, col = positions // cols, positions % cols
+    values = values.detach().clone()
+    if kernel == "gather":  # int64: torch's index kernels are several times slower with int32 indices
+        return {"row": row, "col": col, "values": values}
+    counts = torch.bincount(row, minlength=rows)
+    crow = torch.zeros(rows + 1, dtype=torch.int32, device=positions.device)
+    crow[1:] = torch.cumsum(counts, 0)
+    return {"crow": crow, "col": col.to(torch.int32), "values": values}
+
+
+class FactorizedTTLinear(nn.Module):
+    """``y = x A₁ A₂ + x Sᵀ + b`` with the residual ``S`` applied by a sparse kernel.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    shape : TTShape
+    ranks : sequence of int
+        TT ranks including the boundary ones.
+    nnz : int
+        Kept residual entries.
+    bias : bool
+    kernel : {"csr", "gather"}
+    """
+
+    def __init__(self, in_features, out_features, shape: TTShape, ranks, nnz, bias=True, kernel="csr",
+                 dtype=None, device=None):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
+        kw = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features, self.shape = in_features, out_features, shape
+        self.ranks, self.kernel = list(ranks), kernel
+        if shape.layout == "plain":
+            r_p = ranks[len(shape.in_factors)]
+            factor_shapes = [(r_p, in_features), (out_features, r_p)]
+        else:
+            factor_shapes = [(ranks[k], mode, ranks[k + 1]) for k, mode in enumerate(shape.modes)]
+        self.n_factors = len(factor_shapes)
+        for k, size in enumerate(factor_shapes):
+            self.register_buffer(f"factor{k}", torch.zeros(size, **kw))
+        index = {"row": nnz, "col": nnz} if kernel == "gather" else {"crow": out_features + 1, "col": nnz}
+        index_dtype = torch.int64 if kernel == "gather" else torch.int32
+        for name, size in index.items():
+            self.register_buffer(name, torch.zeros(size, dtype=index_dtype, device=device))
+        self.register_buffer("values", torch.zeros(nnz, **kw))
+        self.register_buffer("bias", torch.zeros(out_features, **kw) if bias else None)
+        self._csr = None
+
+    @classmethod
+    def from_saten(cls, layer: SatenLinear, kernel: str = "csr") -> FactorizedTTLinear:
+        values = layer.values.detach()
+        out = cls(layer.in_features, layer.out_features, layer.shape, layer.ranks, layer.nnz,
+                  layer.bias is not None, kernel, dtype=values.dtype, device=values.device)
+        buffers = {f"factor{k}": f for k, f in enumerate(_tt_factors(layer))}
+        size = (layer.out_features, layer.in_features)
+        buffers.update(sparse_residual(layer.positions, values, *size, kernel))
+        if layer.bias is not None:
+            buffers["bias"] = layer.bias.detach()
+        with torch.no_grad():
+            for name, tensor in buffers.items():
+                getattr(out, name).copy_(tensor)
+        return out
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def factors(self) -> list[torch.Tensor]:
+        return [getattr(self, f"factor{k}") for k in range(self.n_factors)]
+
+    def tt_part(self, x2d: torch.Tensor) -> torch.Tensor:
+        """``x A`` for a 2-D input."""
+        factors = self.factors()
+        if self.shape.layout == "plain":
+            return F.linear(F.linear(x2d, factors[0]), factors[1])
+        return _contract_matrix(x2d, factors, self.shape)
+
+    def sparse_part(self, x2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out + x Sᵀ`` for a 2-D input (``out`` is updated in place where possible)."""
+        if self.nnz == 0:
+            return out
+        if self.kernel == "gather":
+            contrib = x2d[:, self.col] * self.values  # (B, nnz)
+            return out.index_add_(1, self.row, contrib)
+        csr = self._csr_matrix()
+        if x2d.shape[0] == 1:  # one token: the CSR matrix-vector kernel is several times faster than mm
+            return out.add_(torch.mv(csr, x2d[0]))
+        return out.add_(torch.sparse.mm(csr, x2d.t()).t())
+
+    def _csr_matrix(self) -> torch.Tensor:
+        key = (self.values.data_ptr(), self.values.dtype, self.values.device)
+        if self._csr is None or self._csr[0] != key:
+            size = (self.out_features, self.in_features)
+            self._csr = (key, csr_matrix(self.crow, self.col, self.values, size))
+        return self._csr[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2d = x.reshape(-1, self.in_features)
+        out = self.sparse_part(x2d, self.tt_part(x2d))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def spec(self) -> dict:
+        return {"kind": "factorized", "in_features": self.in_features, "out_features": self.out_features,
+                "in_factors": list(self.shape.in_factors), "out_factors": list(self.shape.out_factors),
+                "layout": self.shape.layout, "ranks": self.ranks, "nnz": self.nnz,
+                "bias": self.bias is not None, "kernel": self.kernel}
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype=None, device=None) -> FactorizedTTLinear:
+        shape = TTShape(tuple(spec["in_factors"]), tuple(spec["out_factors"]), spec["layout"])
+        return cls(spec["in_features"], spec["out_features"], shape, spec["ranks"], spec["nnz"],
+                   spec["bias"], spec["kernel"], dtype=dtype, device=device)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}->{self.out_features}, shape={self.shape.as_list()} "
+                f"({self.shape.layout}), ranks={self.ranks}, nnz={self.nnz}, kernel={self.kernel}")
+
+
+def semi_structured_available(device: torch.device | str | None = None) -> str | None:
+    """``None`` when 2:4 semi-structured sparsity can run on ``device``, else the reason it cannot."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"needs a CUDA GPU (the layer is on {device.type})"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"needs CUDA compute capability >= 8.0 (this GPU has {major}.{minor})"
+    return None
+
+
+class SemiStructuredLinear(FactorizedTTLinear):
+    """TT factors plus a 2:4 residual held as a ``SparseSemiStructuredTensor`` (CUDA sm80+ only).
+
+    Built only by :meth:`from_saten` from a layer with a 2:4 mask; saved and reloaded as the factorized
+    gather form and converted again on load.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._semi = None
+
+    @classmethod
+    def from_saten(cls, layer: SatenLinear, kernel: str = "gather") -> SemiStructuredLinear:
+        reason = semi_structured_available(layer.values.device)
+        if reason is None and (layer.sparsity != "nm" or tuple(layer.nm or ()) != (2, 4)):
+            reason = f"needs a 2:4 residual (this layer is {layer.sparsity} {layer.nm or ''})"
+        if reason:
+            raise ValueError(f"format='semi_structured' {reason}; use format='factorized' or 'merged'")
+        out = super().from_saten(layer, "gather")
+        out.build()
+        return out
+
+    def build(self) -> None:
+        """Convert the residual to PyTorch's semi-structured format (after loading a state dict)."""
+        from torch.sparse import to_sparse_semi_structured
+
+        dense = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype,
+                            device=self.values.device)
+        dense[self.row.long(), self.col.long()] = self.values
+        self._semi = to_sparse_semi_structured(dense)
+
+    def sparse_part(self, x2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self._semi is None:
+            self.build()
+        return out.add_(F.linear(x2d, self._semi))
+
+    def spec(self) -> dict:
+        return {**super().spec(), "kind": "semi_structured"}

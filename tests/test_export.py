@@ -1,0 +1,146 @@
+"""Inference export: each format reproduces the compressed model, saves and reloads; auto records its pick."""
+
+import pytest
+import torch
+from torch import nn
+
+from saten import SatenLinear, compress, export
+from saten.export_io import load_exported, save_exported
+from saten.inference_embedding import FactorizedEmbedding, FactorizedTiedHead
+from saten.inference_layers import FactorizedTTLinear, MergedLinear, semi_structured_available
+from saten.models import load_model
+
+SATEN = {
+    "unstructured": {"method": "saten", "eps": 0.5, "density": 0.1},
+    "2:4": {"method": "saten", "eps": 0.7, "sparsity": "nm", "nm": [2, 4]},
+    "saten_e": {"method": "saten", "eps": 0.5, "density": 0.1, "embeddings": True},
+}
+TOL = 1e-4
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _model(cfg, arch, saten):
+    torch.manual_seed(0)
+    head = "causal_lm" if arch == "llama" else "sequence_classification"
+    model = load_model(cfg, head=head, num_labels=2).eval()
+    compress(model, SATEN[saten])
+    return model
+
+
+def _inputs(model):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _outputs(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture(params=["bert", "llama"])
+def arch_cfg(request, tiny_bert_cfg, tiny_llama_cfg):
+    return request.param, tiny_bert_cfg if request.param == "bert" else tiny_llama_cfg
+
+
+@pytest.mark.parametrize("saten", list(SATEN))
+@pytest.mark.parametrize("format", ["merged", "factorized", "auto"])
+def test_formats_match_compressed_model(arch_cfg, saten, format):
+    arch, cfg = arch_cfg
+    model = _model(cfg, arch, saten)
+    inputs = _inputs(model)
+    reference = _outputs(model, inputs)
+    targeted = [n for n, m in model.named_modules() if isinstance(m, SatenLinear)]
+    replaced = export(model, format, tokens=4, repeats=2)
+    assert not any(isinstance(m, SatenLinear) for m in model.modules())
+    assert set(targeted) <= set(replaced) and set(model.saten_export) == set(replaced)
+    assert set(model.saten_export.values()) <= ({format} if format != "auto" else {"merged", "factorized"})
+    assert _rel(_outputs(model, inputs), reference) < TOL
+
+
+@pytest.mark.parametrize("kernel", ["csr", "gather"])
+@pytest.mark.parametrize("layout", ["plain", "matrix"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_factorized_layer_kernels_and_layouts(kernel, layout, rows):
+    torch.manual_seed(0)
+    layer = SatenLinear.from_linear(nn.Linear(48, 40), eps=0.5, density=0.2, layout=layout)
+    x = torch.randn(3, rows, 48)
+    exported = FactorizedTTLinear.from_saten(layer, kernel)
+    with torch.no_grad():
+        assert _rel(exported(x), layer(x)) < TOL
+    assert not list(exported.parameters())  # inference tensors are buffers, nothing trainable
+
+
+def test_auto_times_candidates_and_records_choice(tiny_llama_cfg):
+    model = _model(tiny_llama_cfg, "llama", "saten_e")
+    replaced = export(model, "auto", tokens=1, repeats=3)
+    assert model.saten_export.keys() == set(replaced)
+    for name, fmt in model.saten_export.items():
+        timings = model.saten_export_timings[name]
+        fastest = min(timings, key=timings.get)
+        assert fmt == fastest.split(":")[0] and all(t > 0 for t in timings.values())
+        expected = {"merged": (nn.Linear, nn.Embedding),
+                    "factorized": (FactorizedTTLinear, FactorizedEmbedding)}
+        assert isinstance(model.get_submodule(name), expected[fmt])
+
+
+@pytest.mark.parametrize("saten", ["unstructured", "saten_e"])
+@pytest.mark.parametrize("format", ["merged", "factorized"])
+def test_save_load_round_trip(tmp_path, tiny_llama_cfg, saten, format):
+    model = _model(tiny_llama_cfg, "llama", saten)
+    export(model, format)
+    inputs = _inputs(model)
+    expected = _outputs(model, inputs)
+    save_exported(model, tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    again = load_exported(tmp_path)
+    assert again.saten_export == model.saten_export
+    torch.testing.assert_close(_outputs(again, inputs), expected, rtol=0, atol=0)
+    state = again.state_dict()
+    assert not any(k.endswith((".cores.0", ".positions")) for k in state)  # no training-time tensors
+    if format == "factorized":
+        assert "saten_export.safetensors" in names and "model.safetensors" not in names
+        assert isinstance(again.get_input_embeddings(), FactorizedEmbedding) == (saten == "saten_e")
+        if saten == "saten_e":
+            assert isinstance(again.get_output_embeddings(), FactorizedTiedHead)
+
+
+@pytest.mark.parametrize("saten", ["unstructured", "saten_e"])
+def test_merged_export_loads_with_plain_transformers(tmp_path, tiny_llama_cfg, saten):
+    from transformers import AutoModelForCausalLM
+
+    model = _model(tiny_llama_cfg, "llama", saten)
+    export(model, "merged")
+    assert all(type(m) is MergedLinear for n, m in model.named_modules() if n in model.saten_export
+               and "embed" not in n)
+    inputs = _inputs(model)
+    expected = _outputs(model, inputs)
+    save_exported(model, tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not any(type(m).__module__.startswith("saten") for m in plain.modules())
+    torch.testing.assert_close(_outputs(plain, inputs), expected, rtol=0, atol=0)
+
+
+def test_semi_structured_runs_on_sm80_else_clear_error(tiny_bert_cfg):
+    model = _model(tiny_bert_cfg, "bert", "2:4")
+    if semi_structured_available() is None:  # a CUDA sm80+ machine: the format must work
+        model = model.to("cuda", torch.float16)
+        inputs = {k: v.cuda() for k, v in _inputs(model).items()}
+        reference = _outputs(model, inputs)
+        export(model, "semi_structured")
+        assert set(model.saten_export.values()) == {"semi_structured"}
+        assert _rel(_outputs(model, inputs).float(), reference.float()) < 1e-2  # float16 arithmetic
+        return
+    with pytest.raises(ValueError, match="format='semi_structured' needs a CUDA GPU.*use format="):
+        export(model, "semi_structured")
+
+
+def test_bad_format_is_one_clear_error(tiny_bert_cfg):
+    model = _model(tiny_bert_cfg, "bert", "unstructured")
+    with pytest.raises(ValueError, match="format='fast': use one of auto, merged, factorized"):
+        export(model, "fast")
+    with pytest.raises(ValueError, match="save_exported needs .* saten.export"):
+        save_exported(model, "unused")
