@@ -1,0 +1,84 @@
+"""Matplotlib figures for the sweep tools (headless, Agg): metric curves and Pareto fronts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["metric_curves", "pareto_front", "shape_pareto"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(items: list, x: Callable, y: Callable, maximize_y: bool = False) -> list:
+    """The items not dominated by another (smaller ``x`` and better ``y``), sorted by ``x``."""
+    front, best = [], -math.inf if maximize_y else math.inf
+    for item in sorted(items, key=lambda i: (x(i), -y(i) if maximize_y else y(i))):
+        value = y(item)
+        if (value > best) if maximize_y else (value < best):
+            front.append(item)
+            best = value
+    return front
+
+
+def shape_pareto(points: list[dict], path: Path, title: str) -> Path:
+    """One panel per layer type: TT error vs parameter ratio of every candidate over the ε grid, the
+    Pareto front, and the reference shape's points."""
+    plt = _pyplot()
+    types = list(dict.fromkeys(p["type"] for p in points))
+    cols = min(3, len(types))
+    rows = math.ceil(len(types) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax, kind in zip(axes.flat, types):
+        mine = [p for p in points if p["type"] == kind]
+        for label in dict.fromkeys(p["candidate"] for p in mine):
+            pts = sorted((p for p in mine if p["candidate"] == label), key=lambda p: p["ratio"])
+            ref = label == "o2_plain_balanced"
+            style = dict(color="black", label="reference", markersize=9, linewidth=1) if ref else dict(
+                alpha=0.5, markersize=5, linewidth=0)
+            ax.plot([p["ratio"] for p in pts], [p["error"] for p in pts], "*-" if ref else ".", **style)
+        front = pareto_front(mine, lambda p: p["ratio"], lambda p: p["error"])
+        ax.step([p["ratio"] for p in front], [p["error"] for p in front], where="post", color="red",
+                label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_title(kind.replace("\\", "").split(".d+.")[-1], fontsize=10)
+        ax.set_xlabel("TT parameters / dense parameters")
+        ax.set_ylabel("relative error ‖W − TT‖/‖W‖")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(types):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def metric_curves(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str,
+                  title: str, xscale: str = "linear") -> Path:
+    """Line plot of ``{label: [(x, mean, std), …]}`` with ±std error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, pts in series.items():
+        pts = sorted(pts)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                    capsize=3, label=label)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
