@@ -1,13 +1,14 @@
 """Training-free TT-shape proxy: ``python -m saten.shape_search model=minilm [--layers-per-type 1]``.
 
 For every layer type (the targeted Linears with the layer index masked, e.g.
-``…layer.\\d+.intermediate.dense``) enumerate candidate factorizations — orders 2+2 and 3+3, plain vs interleaved (``matrix``) layout, balanced
-(min-sum) vs skewed factors — and score each on the real weights: TT-SVD over a grid of ε gives a curve of
-(parameters, relative error ‖W − TT‖/‖W‖); the score is the error of that curve at the parameter count the
-reference shape (balanced, plain, 2+2: what Saten uses) reaches at ``--eps`` (log-linear interpolation),
-i.e. reconstruction error at equal parameters (lower is better; 1.0 if the candidate cannot get that small).
-Writes ``results/shape_search/<model>.{md,csv}``, ``<model>_points.csv``, ``<model>_pareto.png`` and the
-top candidates as ``conf/tt_shape/proxy_<model>_<layout>_<k>.yaml`` (see :mod:`saten.shape_report`).
+``…layer.\\d+.intermediate.dense``) enumerate candidate factorizations — orders 2+2 and 3+3, plain vs
+interleaved (``matrix``) layout, balanced (min-sum) vs skewed factors — and score each on the real weights:
+TT-SVD over a grid of ε gives a curve of (parameters, relative error ‖W − TT‖/‖W‖); the score is the error of
+that curve at the parameter count the reference shape (balanced, plain, 2+2: what Saten uses) reaches at
+``--eps`` (log-linear interpolation), i.e. reconstruction error at equal parameters (lower is better; 1.0 if
+the candidate cannot get that small). Writes ``results/shape_search/<model>.{md,csv}``,
+``<model>_points.csv``, ``<model>_pareto.png`` and the top candidates as
+``conf/tt_shape/proxy_<model>_<layout>_<k>.yaml`` (see :mod:`saten.shape_report`).
 """
 
 from __future__ import annotations
