@@ -94,6 +94,9 @@ class FactorizedEmbedding(nn.Module):
         out = out + csr_rows(self.crow, self.col, self.values, flat, self.embedding_dim)
         return out.reshape(*ids.shape, self.embedding_dim)
 
+    def __getstate__(self):  # the cached CSR view cannot be copied or pickled; it is rebuilt on use
+        return {**self.__dict__, "_csr": None}
+
     def csr(self) -> torch.Tensor:
         key = (self.values.data_ptr(), self.values.dtype)
         if self._csr is None or self._csr[0] != key:

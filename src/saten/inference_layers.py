@@ -188,6 +188,9 @@ class FactorizedTTLinear(nn.Module):
             return out.add_(torch.mv(csr, x2d[0]))
         return out.add_(torch.sparse.mm(csr, x2d.t()).t())
 
+    def __getstate__(self):  # the cached CSR view cannot be copied or pickled; it is rebuilt on use
+        return {**self.__dict__, "_csr": None}
+
     def _csr_matrix(self) -> torch.Tensor:
         key = (self.values.data_ptr(), self.values.dtype, self.values.device)
         if self._csr is None or self._csr[0] != key:
