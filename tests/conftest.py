@@ -77,3 +77,14 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found: {path} (set SATEN_DATA_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def mini_glue(tmp_path_factory) -> Path:
+    """A tiny GLUE folder built from the shared data (skips when the shared data folder is absent)."""
+    from test_pipeline import make_mini_glue
+
+    source = Path(os.environ.get("SATEN_DATA_DIR", REPO_ROOT.parent / "shared" / "data")) / "glue"
+    if not (source / "MRPC" / "train.tsv").is_file():
+        pytest.skip(f"shared GLUE data not found under {source}")
+    return make_mini_glue(tmp_path_factory.mktemp("glue"), source)

@@ -9,7 +9,7 @@ from torch import nn
 from saten import SatenLinear, SVDLinear, TTShape, compress, layer_counts, model_report
 
 LAYER_KEYS = {"name", "in_features", "out_features", "shape", "ranks", "nnz", "params", "dense_params",
-              "rel_error_tt", "rel_error", "macs", "index_bytes"}
+              "rel_error_tt", "rel_error", "macs", "index_bytes", "activation_aware"}
 TOTAL_KEYS = {"params", "dense_params", "ratio", "model_params", "dense_model_params", "model_ratio", "macs",
               "dense_macs"}
 

@@ -48,17 +48,6 @@ def make_mini_glue(target: Path, source: Path, rows: int = ROWS) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def mini_glue(tmp_path_factory) -> Path:
-    """A tiny GLUE folder built from the shared data (skips when the shared data folder is absent)."""
-    import os
-
-    source = Path(os.environ.get("SATEN_DATA_DIR", REPO_ROOT.parent / "shared" / "data")) / "glue"
-    if not (source / "MRPC" / "train.tsv").is_file():
-        pytest.skip(f"shared GLUE data not found under {source}")
-    return make_mini_glue(tmp_path_factory.mktemp("glue"), source)
-
-
 def shrink_overrides(glue_dir: Path, task: str = "mrpc", method: str = "saten_u") -> list[str]:
     """Overrides that turn the default experiment into a seconds-long CPU smoke run."""
     return [f"task={task}", f"saten={method}", "model=tiny_bert", "logger=none", f"data.glue_dir={glue_dir}",

@@ -49,10 +49,11 @@ def layer_counts(module: nn.Module) -> dict:
         n, m = module.in_features, module.out_features
         core_params = sum(c.numel() for c in module.cores)
         index = math.ceil(module.nnz / 4) if module.sparsity == "nm" else _csr_bytes(module.nnz, m)
+        scale = n if module.input_scale is not None else 0  # activation-aware: a fixed per-channel scale
         return {
-            "params": core_params + module.nnz + _bias(module),
+            "params": core_params + module.nnz + _bias(module) + scale,
             "dense_params": n * m + _bias(module),
-            "macs": _tt_macs(module) + module.nnz,
+            "macs": _tt_macs(module) + module.nnz + scale,
             "dense_macs": n * m,
             "index_bytes": index,
         }
@@ -112,6 +113,7 @@ def layer_row(name: str, module: nn.Module) -> dict:
         "rel_error": module.rel_error,
         "macs": counts["macs"],
         "index_bytes": counts["index_bytes"],
+        "activation_aware": getattr(module, "input_scale", None) is not None,
     }
 
 
@@ -142,7 +144,9 @@ def model_report(
     layers = [layer_row(name, modules[name]) for name in names]
     params = sum(row["params"] for row in layers)
     dense_params = sum(row["dense_params"] for row in layers)
-    model_params = sum(p.numel() for p in model.parameters())
+    scaled = [m for m in modules.values() if getattr(m, "input_scale", None) is not None]
+    scales = sum(m.input_scale.numel() for m in scaled)
+    model_params = sum(p.numel() for p in model.parameters()) + scales  # stored scales count as parameters
     dense_model_params = model_params - params + dense_params
     counts = [layer_counts(modules[name]) for name in names]
     info = getattr(model, "saten_info", {}) or {}

@@ -99,7 +99,9 @@ def _shape_for(name: str, linear: nn.Linear, shape_cfg: TTShapeConfig) -> TTShap
     )
 
 
-def _compress_linear(name: str, linear: nn.Linear, cfg: SatenConfig, shape_cfg: TTShapeConfig) -> nn.Module:
+def _compress_linear(
+    name: str, linear: nn.Linear, cfg: SatenConfig, shape_cfg: TTShapeConfig, channel_scale=None
+) -> nn.Module:
     override = _override_for(name, cfg.overrides)
     if override:
         cfg = cfg.for_layer(**override)
@@ -120,6 +122,7 @@ def _compress_linear(name: str, linear: nn.Linear, cfg: SatenConfig, shape_cfg: 
         nm=cfg.nm,
         max_rank=cfg.max_rank,
         shape=_shape_for(name, linear, shape_cfg),
+        channel_scale=channel_scale,
     )
 
 
@@ -154,7 +157,12 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def compress(
-    model: nn.Module, config: SatenConfig | Mapping | None = None, *, tt_shape=None, progress: bool = False
+    model: nn.Module,
+    config: SatenConfig | Mapping | None = None,
+    *,
+    tt_shape=None,
+    progress: bool = False,
+    channel_scales: Mapping[str, torch.Tensor] | None = None,
 ) -> list[str]:
     """Replace the targeted modules of ``model`` in place; return the replaced names.
 
@@ -168,6 +176,9 @@ def compress(
         The ``tt_shape`` config (orders, layout, explicit shapes).
     progress : bool
         Show a progress bar.
+    channel_scales : mapping of str to torch.Tensor, optional
+        Activation-aware compression: per-input-channel scales of each targeted Linear (by name), from
+        :func:`saten.calibration.activation_scales` (saten and tt methods).
 
     Returns
     -------
@@ -189,7 +200,10 @@ def compress(
             shapes = [_shape_for(n, lin, shape_cfg) for n, lin in zip(names, linears)]
             cfg, budget = fit_budget(linears, shapes, cfg)
         with torch.no_grad():
-            modules = _compress_all(model, names, cfg, shape_cfg, progress)
+            if channel_scales is not None and cfg.method == "svd":
+                raise ConfigError("calibration.samples>0 with saten.method=svd: activation-aware compression "
+                                  "applies to saten and tt; set calibration=none for the SVD baseline")
+            modules = _compress_all(model, names, cfg, shape_cfg, progress, channel_scales or {})
             for name, module in zip(names, modules, strict=True):
                 _set_module(model, name, module)
                 replaced.append(name)
@@ -209,7 +223,7 @@ def compress(
     return replaced
 
 
-def _compress_all(model, names, cfg, shape_cfg, progress: bool) -> list[nn.Module]:
+def _compress_all(model, names, cfg, shape_cfg, progress: bool, scales: Mapping) -> list[nn.Module]:
     """Compressed replacements for ``names``, in order.
 
     On CPU the layers are independent small decompositions that use one core poorly, so they run on a
@@ -219,9 +233,11 @@ def _compress_all(model, names, cfg, shape_cfg, progress: bool) -> list[nn.Modul
     workers = torch.get_num_threads() if all(lin.weight.device.type == "cpu" for lin in linears) else 1
     with _progress(len(names), progress) as bar:
         if workers <= 1 or len(names) == 1:
-            return [_tick(bar, _compress_linear(n, lin, cfg, shape_cfg)) for n, lin in zip(names, linears)]
+            return [_tick(bar, _compress_linear(n, lin, cfg, shape_cfg, scales.get(n)))
+                    for n, lin in zip(names, linears)]
         with _intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-            jobs = [pool.submit(_compress_linear, n, lin, cfg, shape_cfg) for n, lin in zip(names, linears)]
+            jobs = [pool.submit(_compress_linear, n, lin, cfg, shape_cfg, scales.get(n))
+                    for n, lin in zip(names, linears)]
             return [_tick(bar, job.result()) for job in jobs]
 
 

@@ -56,6 +56,9 @@ class SatenLinear(nn.Module):
     sparsity : {"unstructured", "nm"}
     nm : tuple of int, optional
         The N:M pattern when ``sparsity == "nm"``.
+    input_scale : bool
+        Keep a fixed per-input-channel scale (activation-aware compression, :mod:`saten.calibration`):
+        ``y = (x ⊙ input_scale)(TT + S)ᵀ + b``.
     """
 
     recompute = True  # memory-light autograd (W rebuilt in backward); False: naive path
@@ -72,6 +75,7 @@ class SatenLinear(nn.Module):
         nm=None,
         dtype=None,
         device=None,
+        input_scale=False,
     ):
         super().__init__()
         if (shape.n_in, shape.n_out) != (in_features, out_features):
@@ -86,6 +90,7 @@ class SatenLinear(nn.Module):
         self.values = nn.Parameter(torch.zeros(nnz, **kw))
         self.register_buffer("positions", torch.zeros(nnz, dtype=torch.long, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.register_buffer("input_scale", torch.ones(in_features, **kw) if input_scale else None)
         self.rel_error_tt = self.rel_error = None  # set by from_linear (errors at compression time)
 
     @classmethod
@@ -103,6 +108,7 @@ class SatenLinear(nn.Module):
         out_order=2,
         layout="plain",
         algorithm="gram",
+        channel_scale: torch.Tensor | None = None,
     ) -> SatenLinear:
         """Compress ``linear``: ε-bounded TT-SVD of ``Wᵀ`` and a residual mask chosen from the TT error.
 
@@ -122,11 +128,17 @@ class SatenLinear(nn.Module):
             Explicit factorization; default: the balanced shape with ``in_order``/``out_order``/``layout``.
         algorithm : {"gram", "svd"}
             TT-SVD step (see :func:`saten.tt.tt_svd`); ``svd`` is the plain reference computation.
+        channel_scale : torch.Tensor, optional
+            Activation-aware compression (:mod:`saten.calibration`): per-input-channel scales ``s``;
+            ``W·diag(s)`` is compressed (ε, the mask and the reported errors refer to it) and the layer
+            divides its input by ``s``.
         """
         weight = linear.weight.detach()
         out_f, in_f = weight.shape
         shape = shape or balanced_shape(in_f, out_f, in_order, out_order, layout)
         w = weight.to(_work_dtype(weight.dtype))
+        if channel_scale is not None:
+            w = w * channel_scale.to(w)[None, :]
         cores = tt_svd_matrix(w.T, shape, eps, max_rank, algorithm=algorithm)
         residual = w - tt_to_matrix(cores, shape).T  # (out, in)
         keep = density > 0 or sparsity == "nm"
@@ -145,8 +157,11 @@ class SatenLinear(nn.Module):
             nm,
             dtype=weight.dtype,
             device=weight.device,
+            input_scale=channel_scale is not None,
         )
         with torch.no_grad():
+            if channel_scale is not None:
+                layer.input_scale.copy_(1 / channel_scale.to(layer.input_scale))
             for param, core in zip(layer.cores, cores, strict=True):
                 param.copy_(core)
             kept = residual.reshape(-1)[positions]
@@ -178,11 +193,14 @@ class SatenLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """Effective dense weight ``TT(cores)ᵀ + S`` of shape ``(out, in)``."""
-        return scatter_into(self.tt_weight(), self.positions, self.values)
+        """Effective dense weight ``(TT(cores)ᵀ + S)·diag(input_scale)`` of shape ``(out, in)``."""
+        weight = scatter_into(self.tt_weight(), self.positions, self.values)
+        return weight if self.input_scale is None else weight * self.input_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute:
+            if self.input_scale is not None:
+                x = x * self.input_scale
             return saten_linear(x, list(self.cores), self.values, self.positions, self.bias, self.shape)
         return F.linear(x, self.weight, self.bias)
 
@@ -206,6 +224,7 @@ class SatenLinear(nn.Module):
             "bias": self.bias is not None,
             "sparsity": self.sparsity,
             "nm": list(self.nm) if self.nm else None,
+            "input_scale": self.input_scale is not None,
         }
 
     @classmethod
@@ -222,6 +241,7 @@ class SatenLinear(nn.Module):
             spec["nm"],
             dtype=dtype,
             device=device,
+            input_scale=spec.get("input_scale", False),
         )
 
     def extra_repr(self) -> str:

@@ -58,22 +58,27 @@ class CausalLM(TrainingHooks, L.LightningModule):
     """
 
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
-                 optim: Mapping | None = None, lora: Mapping | None = None, compile: bool = False):
+                 optim: Mapping | None = None, lora: Mapping | None = None, compile: bool = False,
+                 calibration: Mapping | None = None, calibration_batches: list | None = None):
         super().__init__()
         from saten import compress
+        from saten.calibration import calibrated_scales
         from saten.callbacks import compression_report
         from saten.models import load_model
 
-        model, task, saten, tt_shape, optim, lora = map(to_plain, (model, task, saten, tt_shape, optim, lora))
+        model, task, saten, tt_shape, optim, lora, calibration = map(
+            to_plain, (model, task, saten, tt_shape, optim, lora, calibration))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
-                                   "optim": optim, "lora": lora, "compile": bool(compile)})
+                                   "optim": optim, "lora": lora, "compile": bool(compile),
+                                   "calibration": calibration})
         self.metric_name = str(task.get("metric") or "perplexity")
         if self.metric_name not in (*LOWER_IS_BETTER, "tokens"):
             raise ConfigError(f"task.metric={self.metric_name}: {task['name']} logs perplexity, loss and "
                               f"tokens; use task.metric=perplexity")
         start = time.perf_counter()
         self.model = load_model(model, head="causal_lm")
-        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape))
+        scales = calibrated_scales(self.model, saten, calibration, calibration_batches)
+        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape, channel_scales=scales))
         self.compress_seconds = time.perf_counter() - start
         self.compression_report: dict | None = None
         if lora_enabled(lora):
@@ -89,10 +94,11 @@ class CausalLM(TrainingHooks, L.LightningModule):
         self.test_metrics: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> CausalLM:
-        """Build from a full run config (keys model, task, saten, tt_shape, optim, lora, compile)."""
+    def from_config(cls, cfg: Mapping, calibration_batches: list | None = None) -> CausalLM:
+        """Build from a full run config (model, task, saten, tt_shape, optim, lora, compile, calibration)."""
         return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"], tt_shape=cfg.get("tt_shape"),
-                   optim=cfg.get("optim"), lora=cfg.get("lora"), compile=bool(cfg.get("compile", False)))
+                   optim=cfg.get("optim"), lora=cfg.get("lora"), compile=bool(cfg.get("compile", False)),
+                   calibration=cfg.get("calibration"), calibration_batches=calibration_batches)
 
     # ---- steps ---------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]):

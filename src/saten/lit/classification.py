@@ -67,21 +67,25 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
     """
 
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
-                 optim: Mapping | None = None, compile: bool = False):
+                 optim: Mapping | None = None, compile: bool = False, calibration: Mapping | None = None,
+                 calibration_batches: list | None = None):
         super().__init__()
         from saten import compress
+        from saten.calibration import calibrated_scales
         from saten.models import load_model
 
-        model, task, saten, tt_shape, optim = map(to_plain, (model, task, saten, tt_shape, optim))
+        model, task, saten, tt_shape, optim, calibration = map(
+            to_plain, (model, task, saten, tt_shape, optim, calibration))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
-                                   "optim": optim, "compile": bool(compile)})
+                                   "optim": optim, "compile": bool(compile), "calibration": calibration})
         self.spec = self.task_spec(task["name"])
         self.metric_name = str(task.get("metric") or self.spec.metric)
         problem_type = "regression" if self.spec.is_regression else "single_label_classification"
         start = time.perf_counter()
         self.model = load_model(model, head="sequence_classification", num_labels=self.spec.num_labels,
                                 problem_type=problem_type)
-        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape))
+        scales = calibrated_scales(self.model, saten, calibration, calibration_batches)
+        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape, channel_scales=scales))
         self.compress_seconds = time.perf_counter() - start
         # from_pretrained returns eval mode and Lightning keeps submodule modes: train mode = dropout on
         self.model.train()
@@ -169,7 +173,7 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
 
 
 
-def build_module(cfg: Mapping) -> L.LightningModule:
+def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.LightningModule:
     """The LightningModule of a full run config (keys model, task, saten, tt_shape, optim, lora).
 
     ``task.kind`` picks the class: ``glue`` :class:`GlueClassifier`, ``superglue``
@@ -179,13 +183,14 @@ def build_module(cfg: Mapping) -> L.LightningModule:
     if kind == "lm":
         from saten.lit.causal_lm import CausalLM
 
-        return CausalLM.from_config(cfg)
+        return CausalLM.from_config(cfg, calibration_batches)
     cls = GlueClassifier
     if kind == "superglue":
         from saten.lit.superglue import SuperGlueClassifier as cls
     return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
                           tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
-                          compile=bool(cfg.get("compile", False)))
+                          compile=bool(cfg.get("compile", False)), calibration=cfg.get("calibration"),
+                          calibration_batches=calibration_batches)
 
 
 def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:

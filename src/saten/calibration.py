@@ -1,0 +1,118 @@
+"""Activation-aware compression: per-input-channel scales measured on calibration data.
+
+Saten's TT-SVD and residual mask minimize the weight error ``‖W − Ŵ‖``; what matters downstream is the
+output error ``‖(W − Ŵ)X‖`` on the layer's real inputs ``X``. Full whitening (SVD-LLM) replaces ``W`` by
+``W·L`` with ``XXᵀ = LLᵀ``; mapping the compressed ``W·L`` back needs ``L⁻¹``, a dense ``in × in``
+matrix that destroys the TT structure. The diagonal part of it keeps the structure: with
+``s_j = rms(x_j)^α`` (ASVD's input scaling), compress ``W·diag(s)`` and apply ``x / s`` before the
+layer. The ε-bounded TT part then bounds the error weighted by the channels' activation energy, and the
+top-|E| mask on the scaled residual ranks entries by ``|E_ij|·s_j`` (Wanda's score for ``α = 1``).
+The layer keeps ``1/s`` as a fixed buffer (``in`` extra stored values, counted in its parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["activation_scales", "calibrated_scales", "calibration_batches", "input_channel_rms"]
+
+
+def calibration_batches(datamodule, calibration: Mapping | None) -> list[dict[str, torch.Tensor]] | None:
+    """The first batches of the datamodule's (seeded, shuffled) training loader, ``calibration.samples``
+    examples in all; ``None`` when calibration is off.
+
+    Calibration reads the training split only, never an evaluated one.
+    """
+    samples = int((calibration or {}).get("samples") or 0)
+    if samples <= 0:
+        return None
+    datamodule.setup("fit")
+    batches, seen = [], 0
+    for batch in datamodule.train_dataloader():
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        batches.append(batch)
+        seen += len(next(iter(batch.values())))
+        if seen >= samples:
+            break
+    return batches
+
+
+@torch.no_grad()
+def input_channel_rms(
+    model: nn.Module, names: Iterable[str], batches: Iterable[Mapping]
+) -> dict[str, torch.Tensor]:
+    """Root-mean-square of every input channel of the Linears ``names`` over the calibration batches.
+
+    Padding positions (``attention_mask == 0``) are left out.
+    """
+    names = list(names)
+    sums = {name: None for name in names}
+    counts = dict.fromkeys(names, 0)
+    mask_holder: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook_for(name):
+        def hook(_module, args):
+            x = args[0].detach().float()
+            mask = mask_holder["mask"]
+            x = x.reshape(-1, x.shape[-1])
+            if mask is not None and mask.numel() == x.shape[0]:
+                x = x[mask.reshape(-1).bool()]
+            squares = x.square().sum(0)
+            sums[name] = squares if sums[name] is None else sums[name] + squares
+            counts[name] += x.shape[0]
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in names]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask_holder["mask"] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [name for name in names if not counts[name]]
+    if missing:
+        raise RuntimeError(f"calibration saw no input for {missing[:3]}: the batches never reached them")
+    return {name: (sums[name] / counts[name]).sqrt() for name in names}
+
+
+def activation_scales(rms: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``s = rms^α``, normalized to mean 1; dead channels get the smallest positive scale, not 0."""
+    floor = rms[rms > 0].min() if bool((rms > 0).any()) else rms.new_tensor(1.0)
+    scales = rms.clamp_min(floor).pow(alpha)
+    return scales / scales.mean()
+
+
+def calibrated_scales(model: nn.Module, saten: Mapping, calibration: Mapping | None, batches) -> dict | None:
+    """Per-Linear input scales for :func:`saten.compress` (``channel_scales``), or ``None`` when off.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The dense model, before compression.
+    saten : mapping
+        The ``saten`` config (targets, exclude, method).
+    calibration : mapping, optional
+        The ``calibration`` config: ``samples`` (0 = off) and ``alpha``.
+    batches : list of dict, optional
+        Calibration batches (:func:`calibration_batches`); ``None`` when the model is rebuilt from a
+        saved run, whose state dict then supplies the scales.
+    """
+    from saten.compress import find_targets
+
+    samples = int((calibration or {}).get("samples") or 0)
+    if samples <= 0 or batches is None or saten.get("method") in ("dense", None):
+        return None
+    names = find_targets(model, saten.get("targets"), saten.get("exclude"))
+    rms = input_channel_rms(model, names, batches)
+    alpha = float(calibration.get("alpha", 0.5))
+    return {name: activation_scales(value, alpha) for name, value in rms.items()}
