@@ -68,16 +68,20 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
 
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
                  optim: Mapping | None = None, compile: bool = False, calibration: Mapping | None = None,
-                 calibration_batches: list | None = None):
+                 calibration_batches: list | None = None, distill: Mapping | None = None):
         super().__init__()
         from saten import compress
         from saten.calibration import calibrated_scales
+        from saten.distill import check_distill_config
         from saten.models import load_model
 
-        model, task, saten, tt_shape, optim, calibration = map(
-            to_plain, (model, task, saten, tt_shape, optim, calibration))
+        model, task, saten, tt_shape, optim, calibration, distill = map(
+            to_plain, (model, task, saten, tt_shape, optim, calibration, distill))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
-                                   "optim": optim, "compile": bool(compile), "calibration": calibration})
+                                   "optim": optim, "compile": bool(compile), "calibration": calibration,
+                                   "distill": distill})
+        self.distiller = None  # the teacher loads when fitting starts (evaluation never needs it)
+        check_distill_config(distill)
         self.spec = self.task_spec(task["name"])
         self.metric_name = str(task.get("metric") or self.spec.metric)
         problem_type = "regression" if self.spec.is_regression else "single_label_classification"
@@ -115,10 +119,25 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
     def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(dim=-1)
 
+    def on_fit_start(self) -> None:
+        from saten.distill import Distiller, distill_enabled
+
+        distill = self.hparams.get("distill")
+        if distill_enabled(distill) and self.distiller is None:
+            self.distiller = Distiller.from_config(distill, self.spec.name, self.spec.is_regression)
+        if self.distiller is not None:
+            self.distiller.to(self.device)
+
     def training_step(self, batch, batch_idx):
-        loss = self(batch).loss
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=batch["input_ids"].shape[0])
+        size = batch["input_ids"].shape[0]
+        if self.distiller is None:
+            loss = self(batch).loss
+        else:
+            out = self.model(**batch, output_hidden_states=self.distiller.wants_hidden)
+            loss, parts = self.distiller.loss(out, batch)
+            self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False,
+                          batch_size=size)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -190,7 +209,7 @@ def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.Lig
     return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
                           tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
                           compile=bool(cfg.get("compile", False)), calibration=cfg.get("calibration"),
-                          calibration_batches=calibration_batches)
+                          calibration_batches=calibration_batches, distill=cfg.get("distill"))
 
 
 def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:

@@ -1,0 +1,142 @@
+"""Knowledge distillation from a dense fine-tuned teacher (the ``distill`` config group).
+
+Loss of a training batch (``w_kd`` = ``kd_weight``, ``T`` = ``temperature``, ``w_h`` = ``hidden_weight``)::
+
+    (1 − w_kd)·task + w_kd·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + w_h·mean_l MSE(h_l, h_l^teacher)
+
+Regression tasks (STS-B) replace the KL term by the squared difference of the two predictions. The hidden
+term matches every layer's output (``output_hidden_states``, embeddings included) of a student and a
+teacher of the same architecture, as layer-wise distillation of tensor-compressed BERT does. The teacher
+is a finished dense run of this pipeline (a run dir or a ``.ckpt``), frozen, in eval mode, and never part
+of the student's state dict, optimizer or checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from saten.errors import ConfigError
+
+__all__ = ["Distiller", "distill_enabled", "load_teacher"]
+
+
+def distill_enabled(cfg: Mapping | None) -> bool:
+    """Whether the ``distill`` config asks for any distillation term."""
+    cfg = cfg or {}
+    return bool(cfg.get("kd_weight") or cfg.get("hidden_weight"))
+
+
+def check_distill_config(cfg: Mapping | None) -> None:
+    """One-line errors for bad ``distill`` values (before any model is loaded)."""
+    if not distill_enabled(cfg):
+        return
+    kd, hidden = cfg.get("kd_weight") or 0.0, cfg.get("hidden_weight") or 0.0
+    temperature = cfg.get("temperature")
+    if not 0 <= kd <= 1:
+        raise ConfigError(f"distill.kd_weight={kd}: must lie in [0, 1] (0 = task loss only)")
+    if hidden < 0:
+        raise ConfigError(f"distill.hidden_weight={hidden}: must be >= 0")
+    if temperature is None or temperature <= 0:
+        raise ConfigError(f"distill.temperature={temperature}: must be > 0, e.g. 2.0")
+    teacher = cfg.get("teacher")
+    if not teacher:
+        raise ConfigError("distill.teacher=null: pass the run dir (or .ckpt) of a dense fine-tuned run of "
+                          "the same task, e.g. distill.teacher=logs/runs/mrpc/dense/<time>")
+
+
+def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
+    """The teacher's HF model from a run dir or ``.ckpt`` of the same task, frozen and in eval mode."""
+    from saten.lit import load_run
+    from saten.lit.classification import GlueClassifier
+
+    path = Path(str(cfg["teacher"]))
+    if not path.exists():
+        raise ConfigError(f"distill.teacher={path}: no such run dir or checkpoint; train the teacher first "
+                          f"(python run.py task=<task> saten=dense) and pass its run dir")
+    if path.is_dir():
+        module = load_run(path)
+    else:
+        module = GlueClassifier.load_from_checkpoint(path, map_location="cpu")
+    trained_on = module.hparams.task["name"]
+    if trained_on != task_name:
+        raise ConfigError(f"distill.teacher={path}: trained on {trained_on}, not {task_name}; pass a "
+                          f"teacher run of task={task_name}")
+    teacher = module.model.eval().requires_grad_(False)
+    return teacher
+
+
+class Distiller:
+    """Combines the task loss with logit and hidden-state distillation terms (see the module docstring).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Frozen HF model with the student's task head.
+    kd_weight, temperature, hidden_weight : float
+    regression : bool
+        STS-B: compare predictions by squared difference instead of KL.
+    """
+
+    def __init__(self, teacher: nn.Module, kd_weight: float, temperature: float, hidden_weight: float,
+                 regression: bool = False):
+        self.teacher = teacher
+        self.kd_weight, self.temperature, self.hidden_weight = kd_weight, temperature, hidden_weight
+        self.regression = regression
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, task_name: str, regression: bool) -> Distiller:
+        return cls(load_teacher(cfg, task_name), float(cfg.get("kd_weight") or 0.0),
+                   float(cfg.get("temperature") or 1.0), float(cfg.get("hidden_weight") or 0.0), regression)
+
+    @property
+    def wants_hidden(self) -> bool:
+        return self.hidden_weight > 0
+
+    def to(self, device) -> Distiller:
+        self.teacher.to(device)
+        return self
+
+    def loss(self, student_out, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Total loss and its parts (``task``, ``kd``, ``hidden``) for a batch the student has just run."""
+        with torch.no_grad():
+            teacher_out = self.teacher(**batch, output_hidden_states=self.wants_hidden)
+        parts = {"task": student_out.loss}
+        total = (1 - self.kd_weight) * student_out.loss
+        if self.kd_weight > 0:
+            parts["kd"] = self._logit_term(student_out.logits, teacher_out.logits)
+            total = total + self.kd_weight * parts["kd"]
+        if self.wants_hidden:
+            parts["hidden"] = self._hidden_term(student_out.hidden_states, teacher_out.hidden_states,
+                                                batch.get("attention_mask"))
+            total = total + self.hidden_weight * parts["hidden"]
+        return total, parts
+
+    def _logit_term(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(student.float(), teacher.float())
+        t = self.temperature
+        log_student = F.log_softmax(student.float() / t, dim=-1)
+        log_teacher = F.log_softmax(teacher.float() / t, dim=-1)
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
+
+    @staticmethod
+    def _hidden_term(student, teacher, mask: torch.Tensor | None) -> torch.Tensor:
+        if len(student) != len(teacher) or student[-1].shape != teacher[-1].shape:
+            raise ConfigError(
+                f"distill.hidden_weight>0: the student has {len(student)} hidden states of width "
+                f"{student[-1].shape[-1]}, the teacher {len(teacher)} of {teacher[-1].shape[-1]}; "
+                f"use a teacher of the same model or distill.hidden_weight=0")
+        weights = None if mask is None else mask.unsqueeze(-1).float()
+        terms = []
+        for s, t in zip(student, teacher, strict=True):
+            squared = (s.float() - t.float()).square()
+            if weights is None:
+                terms.append(squared.mean())
+            else:
+                terms.append((squared * weights).sum() / (weights.sum() * s.shape[-1]))
+        return torch.stack(terms).mean()

@@ -1,0 +1,104 @@
+"""Knowledge distillation (saten.distill): loss terms, config checks, a teacher run feeding a student."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from test_pipeline import ONE_STEP, compose_config, shrink_overrides
+from torch.nn import functional as F
+
+from saten.distill import Distiller, check_distill_config
+from saten.errors import ConfigError
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec")
+
+
+def _batch(size=3, length=7):
+    ids = torch.randint(5, 100, (size, length))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (size,))}
+
+
+@pytest.fixture
+def tiny_classifier(tiny_bert_cfg):
+    from saten.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(tiny_bert_cfg, head="sequence_classification", num_labels=2)
+
+
+def test_a_teacher_equal_to_the_student_adds_nothing(tiny_classifier):
+    batch = _batch()
+    teacher = copy.deepcopy(tiny_classifier).eval()
+    distiller = Distiller(teacher, kd_weight=0.5, temperature=2.0, hidden_weight=1.0)
+    student = tiny_classifier.eval()
+    out = student(**batch, output_hidden_states=True)
+    loss, parts = distiller.loss(out, batch)
+    assert parts["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert parts["hidden"].item() == pytest.approx(0.0, abs=1e-10)
+    assert loss.item() == pytest.approx(0.5 * out.loss.item(), rel=1e-6)
+
+
+def test_logit_and_hidden_terms_follow_their_formulas(tiny_classifier):
+    torch.manual_seed(1)
+    student_logits, teacher_logits = torch.randn(4, 3), torch.randn(4, 3)
+    distiller = Distiller(tiny_classifier, kd_weight=1.0, temperature=3.0, hidden_weight=0.0)
+    p_teacher = F.softmax(teacher_logits / 3, dim=-1)
+    expected = (p_teacher * (p_teacher.log() - F.log_softmax(student_logits / 3, dim=-1))).sum(-1).mean() * 9
+    term = distiller._logit_term(student_logits, teacher_logits)
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5)
+    regression = Distiller(tiny_classifier, 1.0, 3.0, 0.0, regression=True)
+    assert regression._logit_term(torch.ones(4, 1), torch.zeros(4, 1)).item() == pytest.approx(1.0)
+    # hidden states: padding positions do not count
+    student = (torch.zeros(1, 2, 4),)
+    teacher = (torch.tensor([[[1.0] * 4, [5.0] * 4]]),)
+    mask = torch.tensor([[1, 0]])
+    assert Distiller._hidden_term(student, teacher, mask).item() == pytest.approx(1.0)
+
+
+def test_the_student_learns_towards_the_teacher(tiny_classifier):
+    """A few distillation-only steps shrink the KD term: gradients flow from the teacher's logits."""
+    torch.manual_seed(2)
+    teacher = copy.deepcopy(tiny_classifier)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(5).add_(1)
+    distiller = Distiller(teacher.eval(), kd_weight=1.0, temperature=1.0, hidden_weight=0.0)
+    student = tiny_classifier.train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
+    batch = _batch(size=8)
+    first = None
+    for _ in range(15):
+        loss, parts = distiller.loss(student(**batch), batch)
+        first = parts["kd"].item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert parts["kd"].item() < 0.5 * first
+
+
+@pytest.mark.parametrize(("key", "value"), [("kd_weight", 1.5), ("hidden_weight", -1.0), ("temperature", 0.0),
+                                            ("teacher", None)])
+def test_bad_distill_values_are_refused_in_one_line(key, value):
+    cfg = {"teacher": "somewhere", "kd_weight": 0.5, "temperature": 2.0, "hidden_weight": 1.0, key: value}
+    with pytest.raises(ConfigError, match=f"distill.{key}="):
+        check_distill_config(cfg)
+    check_distill_config({"teacher": None, "kd_weight": 0.0, "hidden_weight": 0.0})  # off: nothing to check
+
+
+def test_dense_teacher_run_then_distilled_student_run(mini_glue, tmp_path):
+    from saten.train import run
+
+    teacher_dir = tmp_path / "teacher"
+    run(compose_config([*shrink_overrides(mini_glue, "mrpc", "dense"), *ONE_STEP], teacher_dir))
+    assert (teacher_dir / "model.safetensors").is_file()
+    overrides = [*shrink_overrides(mini_glue, "mrpc", "saten_u"), *ONE_STEP, "distill=kd",
+                 f"distill.teacher={teacher_dir}"]
+    summary = run(compose_config(overrides, tmp_path / "student"))
+    assert math.isfinite(summary["best/f1"])
+    wrong_task = [*shrink_overrides(mini_glue, "rte", "saten_u"), *ONE_STEP, "distill=kd",
+                  f"distill.teacher={teacher_dir}"]
+    with pytest.raises(ConfigError, match="trained on mrpc"):
+        run(compose_config(wrong_task, tmp_path / "wrong"))
+
