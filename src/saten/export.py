@@ -3,7 +3,8 @@
 ``export(model, format="auto")`` replaces every :class:`~saten.layers.SatenLinear` (and a Saten(e)
 :class:`~saten.embedding.SatenEmbedding` with its tied head) by one of the formats of
 :mod:`saten.inference_layers` / :mod:`saten.inference_embedding`. With ``format="auto"`` the candidates
-are timed on the layer's own tensors at the given token count and the fastest is kept, per layer.
+are timed on the layer's own tensors at the given token count, in passes over all layers in model order
+(as a forward pass reads them), and the fastest is kept, per layer.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from saten.layers import SatenLinear
 __all__ = ["FORMATS", "export"]
 
 FORMATS = ("auto", "merged", "factorized", "semi_structured")
+GATHER_LIMIT = 2**25  # values in the gather kernel's temporary above which auto does not try it
 
 
-def _candidates(layer: SatenLinear, format: str, kernel: str) -> dict[str, nn.Module]:
+def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int) -> dict[str, nn.Module]:
     """Inference layers to choose from, keyed ``merged``, ``factorized:<kernel>`` or ``semi_structured``."""
     kernels = list(KERNELS) if kernel == "auto" else [kernel]
-    if layer.nnz == 0:
-        kernels = kernels[:1]
+    if layer.nnz == 0 or (kernel == "auto" and tokens * layer.nnz > GATHER_LIMIT):
+        kernels = kernels[:1]  # the gather kernel's tokens x nnz temporary would be too large to try
     out: dict[str, nn.Module] = {}
     if format in ("auto", "merged"):
         out["merged"] = MergedLinear.from_saten(layer)
@@ -49,27 +51,40 @@ def _candidates(layer: SatenLinear, format: str, kernel: str) -> dict[str, nn.Mo
     return out
 
 
-def time_call(fn, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of ``fn(x)`` over ``repeats`` calls after two warm-up calls (no autograd)."""
+def time_in_order(entries: list[tuple[str, dict, torch.Tensor]], repeats: int) -> dict[str, dict]:
+    """Median seconds of every candidate of every entry, measured in passes over all entries in order.
+
+    One pass calls, for one candidate key, that candidate of each entry in model order, as a forward pass
+    would: a layer's tensors then come from wherever the pass leaves them (cache or memory), not from the
+    cache warmed by calling one layer repeatedly. Entries with a single candidate are not timed.
+
+    Parameters
+    ----------
+    entries : list of (name, {key: module}, input)
+    repeats : int
+        Timed passes per key (after one warm-up pass).
+    """
+    timed = [(name, cands, x) for name, cands, x in entries if len(cands) > 1]
+    keys = list(dict.fromkeys(key for _, cands, _ in timed for key in cands))
+    samples: dict[str, dict[str, list]] = {name: {key: [] for key in cands} for name, cands, _ in timed}
     with torch.inference_mode():
-        for _ in range(2):
-            fn(x)
-        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn(x)
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key in keys:
+            for rep in range(repeats + 1):
+                for name, cands, x in timed:
+                    if key not in cands:
+                        continue
+                    _sync(x)
+                    start = time.perf_counter()
+                    cands[key](x)
+                    _sync(x)
+                    if rep:
+                        samples[name][key].append(time.perf_counter() - start)
+    return {name: {key: statistics.median(v) for key, v in per.items()} for name, per in samples.items()}
 
 
-def _pick(candidates: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> tuple[str, dict]:
-    if len(candidates) == 1:
-        return next(iter(candidates)), {}
-    timings = {key: time_call(module, x, repeats) for key, module in candidates.items()}
-    return min(timings, key=timings.get), timings
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
 
 
 def _format_of(key: str) -> str:
@@ -84,7 +99,7 @@ def _check(format: str, kernel: str) -> None:
 
 
 def export(
-    model: nn.Module, format: str = "auto", *, tokens: int = 1, repeats: int = 20, kernel: str = "auto"
+    model: nn.Module, format: str = "auto", *, tokens: int = 1, repeats: int = 10, kernel: str = "auto"
 ) -> list[str]:
     """Replace the compressed layers of ``model`` by inference layers, in place; return the replaced names.
 
@@ -95,13 +110,15 @@ def export(
     format : {"auto", "merged", "factorized", "semi_structured"}
         ``merged``: dense weight; ``factorized``: TT factors + sparse residual; ``semi_structured``: TT
         factors + 2:4 residual on CUDA sm80+ (2:4 layers only); ``auto``: per layer, the fastest candidate
-        measured at ``tokens`` tokens.
+        measured at ``tokens`` tokens, in passes over all layers in model order (see
+        :func:`time_in_order`), so that weights come from memory or cache as in a forward pass.
     tokens : int
         Rows of the input the candidates are timed on (1 for batch-1 decoding).
     repeats : int
-        Timed calls per candidate (median).
+        Timed passes per candidate (median).
     kernel : {"auto", "csr", "gather"}
-        Sparse residual kernel of the factorized format; ``auto`` times both.
+        Sparse residual kernel of the factorized format; ``auto`` times both (the gather kernel is not
+        tried where its ``tokens × nnz`` temporary would exceed ``GATHER_LIMIT`` values).
 
     Returns
     -------
@@ -111,30 +128,36 @@ def export(
         where there was a choice.
     """
     _check(format, kernel)
-    choices: dict[str, str] = {}
-    timings: dict[str, dict] = {}
-    names = [(n, m) for n, m in model.named_modules() if isinstance(m, SatenLinear)]
-    for name, layer in names:
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SatenLinear)]
+    entries = []
+    for name, layer in layers:
         x = torch.randn(tokens, layer.in_features, dtype=layer.values.dtype, device=layer.values.device)
-        candidates = _candidates(layer, format, kernel)
-        key, timed = _pick(candidates, x, repeats)
+        entries.append((name, _candidates(layer, format, kernel, tokens), x))
+    embedding = _embedding_entry(model, format, tokens)
+    timed_entries = entries + ([embedding[:3]] if embedding else [])
+    timings = time_in_order(timed_entries, repeats)
+    choices: dict[str, str] = {}
+    for name, candidates, _ in entries:
+        key = min(timings[name], key=timings[name].get) if name in timings else next(iter(candidates))
         _set_module(model, name, candidates[key])
         choices[name] = _format_of(key)
-        if timed:
-            timings[name] = timed
-    embedding_names = _export_embedding(model, format, tokens, repeats, choices, timings)
+    if embedding:
+        name, candidates, _, install = embedding
+        key = min(timings[name], key=timings[name].get) if name in timings else next(iter(candidates))
+        install(key)
+        choices[name] = key
     model.saten_export = choices
     model.saten_export_timings = timings
-    return [name for name, _ in names] + embedding_names
+    return list(choices)
 
 
-def _export_embedding(model, format, tokens, repeats, choices, timings) -> list[str]:
-    """Export a Saten(e) input embedding and its tied head; returns ``[name]`` or ``[]``."""
-    if not hasattr(model, "get_input_embeddings"):
-        return []
-    embedding = model.get_input_embeddings()
+def _embedding_entry(model, format: str, tokens: int):
+    """``(name, candidates, input, install)`` for a Saten(e) input embedding (and its tied head), or
+    ``None``. The timed candidates are the heads when tied (the head reads the whole table every token and
+    dominates), else the lookups; ``install(key)`` puts the chosen pair into the model."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(embedding, SatenEmbedding):
-        return []
+        return None
     if format == "semi_structured":
         raise ValueError("format='semi_structured' has no embedding form; use format='auto' (the "
                          "embedding then gets the faster of merged and factorized)")
@@ -144,21 +167,20 @@ def _export_embedding(model, format, tokens, repeats, choices, timings) -> list[
     bias = head.bias if tied else None
     with torch.no_grad():
         factorized = FactorizedEmbedding.from_saten(embedding)
-        fact_head = FactorizedTiedHead(factorized, bias) if tied else None
-        merged, merged_head = merged_embedding(embedding, bias, tied)
-    key = "merged" if format == "merged" else "factorized"
-    if format == "auto":
-        dim = embedding.embedding_dim
-        if tied:  # the head reads the whole table every token: it dominates
-            x = torch.randn(tokens, dim, dtype=embedding.values.dtype, device=embedding.values.device)
-            options = {"merged": merged_head, "factorized": fact_head}
-        else:
-            x = torch.randint(0, embedding.num_embeddings, (tokens,), device=embedding.values.device)
-            options = {"merged": merged, "factorized": factorized}
-        key, timings[name] = _pick(options, x, repeats)
-    new_emb, new_head = (merged, merged_head) if key == "merged" else (factorized, fact_head)
-    model.set_input_embeddings(new_emb)
+        pairs = {"factorized": (factorized, FactorizedTiedHead(factorized, bias) if tied else None),
+                 "merged": merged_embedding(embedding, bias, tied)}
+    if format != "auto":
+        pairs = {format: pairs[format]}
+    device = embedding.values.device
     if tied:
-        model.set_output_embeddings(new_head)
-    choices[name] = key
-    return [name]
+        x = torch.randn(tokens, embedding.embedding_dim, dtype=embedding.values.dtype, device=device)
+    else:
+        x = torch.randint(0, embedding.num_embeddings, (tokens,), device=device)
+    candidates = {key: pair[1] if tied else pair[0] for key, pair in pairs.items()}
+
+    def install(key: str) -> None:
+        model.set_input_embeddings(pairs[key][0])
+        if tied:
+            model.set_output_embeddings(pairs[key][1])
+
+    return name, candidates, x, install
