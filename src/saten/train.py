@@ -17,6 +17,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from saten.errors import ConfigError
+from saten.resume import match_structure
+from saten.resume import resolve as resolve_resume
+from saten.validate import check_config, check_model_plan
 
 log = logging.getLogger(__name__)
 PREDICTIONS_DIR = "predictions"
@@ -74,43 +77,6 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Up-front checks of the pipeline's own keys; one-line :class:`ConfigError` on a bad value."""
-    from saten.lit.optim import check_optim_config
-
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed}: must be an integer")
-    if not cfg.train:
-        if cfg.ckpt_path is None:
-            raise ConfigError("ckpt_path=null: train=false evaluates a trained model; pass "
-                              "ckpt_path=<run dir or .ckpt file>")
-    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).exists():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file or directory; pass a run dir (with "
-                          f"model.safetensors) or a Lightning .ckpt file")
-    if cfg.train and cfg.ckpt_path is not None and Path(str(cfg.ckpt_path)).is_dir():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: resuming training needs a .ckpt file (e.g. "
-                          f"<run dir>/checkpoints/best.ckpt); a run dir can only be evaluated (train=false)")
-    if cfg.train and cfg.ckpt_path is not None:
-        state = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=False)
-        if "optimizer_states" not in state:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: a weights-only checkpoint cannot resume training; "
-                              f"evaluate it with train=false, or train with "
-                              f"callbacks.model_checkpoint.save_weights_only=false to get resumable ones")
-    if cfg.train:
-        check_optim_config(cfg.optim)
-        check_method_config(cfg)
-
-
-def check_method_config(cfg: DictConfig) -> None:
-    """Validate the saten, tt_shape, task and lora groups before the (slow) model load."""
-    from saten.config import SatenConfig, TTShapeConfig
-    from saten.families import check_task_config
-
-    SatenConfig.from_any(cfg.saten, warn=False)
-    TTShapeConfig.from_any(cfg.tt_shape)
-    check_task_config(cfg)
 
 
 def load_for_eval(cfg: DictConfig):
@@ -232,12 +198,21 @@ def run(cfg: DictConfig) -> dict:
     from saten.models import load_tokenizer
 
     check_config(cfg)
+    if cfg.train:
+        check_model_plan(cfg)  # on an empty (meta) model: no weights loaded yet
+    resume = resolve_resume(cfg)
+    if resume is not None and resume.run_dir is not None:  # ckpt_path=last / <run dir>: continue there
+        cfg.paths.output_dir = str(resume.run_dir)
     run_dir = Path(cfg.paths.output_dir)
-    write_run_files(cfg, run_dir)
+    if resume is None or resume.run_dir is None:
+        write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.train:  # data errors surface before the model is loaded and compressed
+    if cfg.train:  # data errors (missing files, malformed rows) surface before the model is loaded
         datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
+        datamodule.setup("validate" if cfg.trainer.get("max_epochs") == 0 else "fit")
         module = build_module(cfg)
+        if resume is not None:
+            match_structure(module, resume.ckpt)
     else:
         module = load_for_eval(cfg)
         datamodule = build_datamodule(cfg, load_tokenizer(module.hparams.model), task=module.hparams.task)
@@ -251,10 +226,10 @@ def run(cfg: DictConfig) -> dict:
         for logger in loggers:
             logger.log_hyperparams(resolved_config(cfg))
         if cfg.train and not train_free:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.ckpt) if resume else None)
             if not trainer.fast_dev_run:
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-                trainer.validate(module, datamodule=datamodule, ckpt_path="best" if best else None)
+                trainer.validate(module, datamodule=datamodule, ckpt_path=best or None)
         else:
             trainer.validate(module, datamodule=datamodule)
         if task_kind(cfg.task) == "lm" and not trainer.fast_dev_run:
@@ -266,17 +241,6 @@ def run(cfg: DictConfig) -> dict:
     finally:
         close_loggers(loggers)
     return summary
-
-
-def config_error(error: BaseException) -> ConfigError | None:
-    """The :class:`ConfigError` behind ``error`` (itself, or a cause, e.g. inside an OmegaConf resolver)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ConfigError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def optimized_metric(cfg: DictConfig, summary: Mapping) -> float | None:
