@@ -4,7 +4,7 @@
 file: ε 0.85, density 0.1) and Saten(2:4) (saten_24: ε 1.0), then searches the SVD ``svd_ratio`` and the
 TT-only ε that give the same targeted ratio, and checks each with :func:`saten.compress` +
 :func:`saten.model_report`. Writes ``results/compression/matched_ratios_<model>.{md,csv}`` and the values as
-``conf/method_preset/matched_<model>.yaml`` (the ``matched:`` block the method presets read).
+the ``matched.<model>`` block of ``conf/method_preset/matched.yaml`` (what the method presets read).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from saten.compress import find_targets
 from saten.config import SatenConfig
 from saten.lowrank import svd_rank
 from saten.models import load_model
+from saten.report import compose
 from saten.tt import balanced_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compress import MODELS  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,10 +55,12 @@ def svd_ratio_for(linears, target: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm", choices=list(MODELS))
+    parser.add_argument("--model", default="minilm", help="a conf/model file: minilm, bert_base, ...")
     args = parser.parse_args()
-    head = "sequence_classification" if args.model == "minilm" else "causal_lm"
-    base = load_model(MODELS[args.model], head=head, num_labels=2 if head != "causal_lm" else None)
+    model_cfg = compose([f"model={args.model}"]).model
+    causal = model_cfg.arch == "llama"
+    base = load_model(model_cfg, head="causal_lm" if causal else "sequence_classification",
+                      num_labels=None if causal else 2)
     linears = [base.get_submodule(n) for n in find_targets(base)]
     shapes = [balanced_shape(lin.in_features, lin.out_features) for lin in linears]
     conf = REPO / "conf" / "saten"
@@ -98,16 +100,17 @@ def main() -> None:
              "Linears / dense) matches Saten(u) and Saten(2:4); every row is measured with "
              "`saten.compress` + `model_report` on the real weights. The method presets "
              "(`method_preset=svd`, `tt`, `svd_at_24`, `tt_at_24`) read these values from "
-             "`conf/method_preset/matched_"
-             f"{args.model}.yaml`.", "", f"| {' | '.join(head)} |", "|" + "---|" * len(head),
+             f"`matched.{args.model}` in `conf/method_preset/matched.yaml`.", "",
+             f"| {' | '.join(head)} |", "|" + "---|" * len(head),
              *[f"| {' | '.join(f'{r[k]:,}' if isinstance(r[k], int) else str(r[k]) for k in head)} |"
                for r in rows]]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    preset = REPO / "conf" / "method_preset" / f"matched_{args.model}.yaml"
-    preset.parent.mkdir(parents=True, exist_ok=True)
-    preset.write_text(f"# @package _global_\n# Written by `{command}` (see results/compression/"
-                      f"matched_ratios_{args.model}.md); do not edit by hand.\n"
-                      + OmegaConf.to_yaml(OmegaConf.create({"matched": matched})))
+    preset = REPO / "conf" / "method_preset" / "matched.yaml"  # one block per model, others kept
+    blocks = OmegaConf.load(preset).matched if preset.exists() else OmegaConf.create()
+    blocks[args.model] = matched
+    preset.write_text("# @package _global_\n# Written by benchmarks/matched_ratios.py --model <model> (see "
+                      "results/compression/matched_ratios_<model>.md); do not edit by hand.\n"
+                      + OmegaConf.to_yaml(OmegaConf.create({"matched": blocks})))
     print(f"wrote {out}.md, {out}.csv, {preset}")
 
 

@@ -244,8 +244,10 @@ def run(cfg: DictConfig) -> dict:
 
 
 def optimized_metric(cfg: DictConfig, summary: Mapping) -> float | None:
-    """The value a sweep optimizes: ``best/<task.metric>`` (evaluation-only runs: ``val/<task.metric>``)."""
+    """The value a sweep optimizes: ``best/<task.metric>`` (evaluation-only runs: ``val/<task.metric>``);
+    ``objective=metric_per_ratio`` divides it by the model's parameter ratio (``model_ratio``)."""
     for key in (f"best/{cfg.task.metric}", f"val/{cfg.task.metric}"):
         if summary.get(key) is not None:
-            return float(summary[key])
+            per_ratio = cfg.get("objective") == "metric_per_ratio"
+            return float(summary[key]) / (float(summary.get("model_ratio") or 1.0) if per_ratio else 1.0)
     return None

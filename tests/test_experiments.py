@@ -1,0 +1,49 @@
+"""The sweep experiments, method presets and launchers compose (Hydra compose API, no run)."""
+
+import pytest
+
+from saten.report import compose
+from saten.train import optimized_metric
+
+EXPERIMENTS = ["density_sweep", "method_comparison", "embedding_sparsity", "shape_search", "shape_optuna"]
+BERT_BASE = ["density_sweep", "method_comparison", "embedding_sparsity", "shape_search"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS + [f"{e}_bert_base" for e in BERT_BASE])
+def test_experiment_composes_with_a_sweep(name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.hydra.sweeper.params, "each experiment is a multirun"
+    assert cfg.model.name == ("bert_base" if name.endswith("_bert_base") else "minilm")
+    assert name.removesuffix("_bert_base") in cfg.tags
+
+
+def test_density_sweep_trains_sst2_on_a_10k_subset_and_mrpc_on_all():
+    assert compose(["experiment=density_sweep", "task=sst2"]).data.train_limit == 10000
+    assert compose(["experiment=density_sweep", "task=mrpc"]).data.train_limit is None
+    params = compose(["experiment=density_sweep"]).hydra.sweeper.params
+    assert params["saten.density"].split(",") == ["0", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3"]
+
+
+def test_method_presets_read_the_measured_matched_ratios():
+    matched = compose(["+method_preset=svd"]).matched.minilm
+    expect = {"svd": ("svd", "svd_ratio", matched.svd_ratio_u), "tt": ("tt", "eps", matched.tt_eps_u),
+              "svd_at_24": ("svd", "svd_ratio", matched.svd_ratio_24),
+              "tt_at_24": ("tt", "eps", matched.tt_eps_24),
+              "saten_u": ("saten", "density", 0.1), "saten_24": ("saten", "nm", [2, 4])}
+    for preset, (method, key, value) in expect.items():
+        cfg = compose(["experiment=method_comparison", f"method_preset={preset}"])
+        assert cfg.saten.method == method and cfg.saten[key] == value
+        assert cfg.hydra.runtime.choices.saten == preset.replace("_at_24", "")  # run dirs name the method
+    assert compose(["experiment=method_comparison", "method_preset=dense"]).saten.method == "dense"
+
+
+@pytest.mark.parametrize("launcher, target", [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers_compose(launcher, target):
+    assert compose([f"hydra/launcher={launcher}"]).hydra.launcher._target_.endswith(target)
+
+
+def test_metric_per_ratio_objective():
+    cfg = compose(["experiment=shape_optuna"])
+    summary = {"best/f1": 0.8, "model_ratio": 0.5}
+    assert optimized_metric(cfg, summary) == pytest.approx(1.6)
+    assert optimized_metric(compose([]), summary) == pytest.approx(0.8)
