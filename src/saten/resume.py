@@ -50,8 +50,8 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path, keep: bool = False, every_n_epochs: int = 1):
-        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True, save_weights_only=False,
-                         every_n_epochs=every_n_epochs, enable_version_counter=False)
+        super().__init__(dirpath=dirpath, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                         save_weights_only=False, every_n_epochs=every_n_epochs, enable_version_counter=False)
         self.keep = bool(keep)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
@@ -64,9 +64,9 @@ class LastCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("last_checkpoint")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.keep or not trainer.is_global_zero or not self.last_model_path:
+        if self.keep or not trainer.is_global_zero or not self.best_model_path:
             return
-        Path(self.last_model_path).unlink(missing_ok=True)
+        Path(self.best_model_path).unlink(missing_ok=True)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
