@@ -37,6 +37,10 @@ CONFIGS = {
     "dense": "ordinary fine-tuning of the dense model",
     "naive": "Saten, naive autograd (W rebuilt with autograd history; F.linear saves W)",
     "recompute": "Saten, memory-light autograd (saten.autograd: W rebuilt in backward)",
+    "recompute_act": "Saten, memory-light autograd plus saten.autograd.recompute_activations (the FFN "
+                     "activation's output is recomputed in backward instead of kept)",
+    "dense_act": "dense fine-tuning plus saten.autograd.recompute_activations (the same activation trick "
+                 "applied to the dense model, for a like-for-like comparison)",
 }
 MIB = 2**20
 
@@ -90,16 +94,18 @@ def _saved_bytes(model, batch) -> int:
 
 def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
     """One configuration, measured in this process; returns the result row."""
-    from saten.autograd import set_recompute
+    from saten.autograd import recompute_activations, set_recompute
     from saten.compress import compress
     from saten.models import load_model
 
     torch.manual_seed(0)
     model = load_model(MINILM, num_labels=2)
     dense_params = sum(p.numel() for p in model.parameters())
-    if config != "dense":
+    if not config.startswith("dense"):
         compress(model, SATEN)
-        set_recompute(model, config == "recompute")
+        set_recompute(model, config.startswith("recompute"))
+    if config.endswith("_act"):
+        recompute_activations(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
@@ -174,7 +180,7 @@ def _ratio(value) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def write(rows: list[dict], out: Path, args) -> None:
+def write(rows: list[dict], out: Path, args, load_at_start: str | None = None) -> None:
     """``train_step.csv`` and ``train_step.md`` in ``out``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import machine_lines
@@ -189,7 +195,7 @@ def write(rows: list[dict], out: Path, args) -> None:
                f"--steps {args.steps} --batch {args.batch} --seq {args.seq} --repeats {args.repeats} "
                f"--configs {' '.join(args.configs)}")
     timed = f"steps 3..{args.steps}" if args.steps > 2 else "all steps"
-    lines = ["# Training step: time and memory (MiniLM)", "", *machine_lines(command), "",
+    lines = ["# Training step: time and memory (MiniLM)", "", *machine_lines(command, load_at_start), "",
              f"MiniLM-L6-H384 with a 2-class head, batch {args.batch} x {args.seq} random token ids, AdamW "
              "(lr 1e-5, torch defaults), train mode. Saten: all 36 encoder Linears at eps 0.8 / density 0.1.",
              "Each configuration runs in its own process. Step time (forward, backward, optimizer step):",
@@ -227,12 +233,16 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.steps, args.batch, args.seq)), flush=True)
         return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import load_average
+
+    load_at_start = load_average()
     runs = []
     for _ in range(args.repeats):
         for config in args.configs:
             runs.append(run_isolated(config, args))
             print({k: runs[-1][k] for k in ("config", "step_s_median", "train_mem_mib")}, flush=True)
-    write(summarize(runs, args.configs), Path(args.out), args)
+    write(summarize(runs, args.configs), Path(args.out), args, load_at_start)
 
 
 if __name__ == "__main__":

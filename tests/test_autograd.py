@@ -1,6 +1,7 @@
 """Memory-light SatenLinear autograd: same outputs and gradients as the naive path, no dense W saved."""
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -125,3 +126,47 @@ def test_effective_weight_and_switch():
     with torch.no_grad():
         x = torch.randn(2, N_IN, dtype=torch.float64)
         assert layer(x).shape == (2, N_OUT)
+
+
+def _bert_grads(cfg, saten: bool, recompute_act: bool):
+    from saten import compress
+    from saten.autograd import recompute_activations
+    from saten.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(cfg, num_labels=2)
+    if saten:
+        compress(model, {"method": "saten", "eps": 0.5, "density": 0.1})
+    model.train()
+    for module in model.modules():  # dropout off: the two runs must see the same mask
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    if recompute_act:
+        assert recompute_activations(model) == cfg["tiny"]["num_hidden_layers"]
+    ids = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 1])}
+    outputs = []  # weak references to each block's activation output act(h)
+    for layer in model.bert.encoder.layer:
+        layer.intermediate.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out)))
+    loss = model(**batch).loss
+    kept = sum(ref() is not None for ref in outputs)  # alive only if autograd saved it for backward
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, kept, model
+
+
+@pytest.mark.parametrize("saten", [True, False], ids=["saten", "dense"])
+def test_recompute_activations_same_gradients_fewer_saved(tiny_bert_cfg, saten):
+    loss, grads, kept, _ = _bert_grads(tiny_bert_cfg, saten, recompute_act=False)
+    loss_r, grads_r, kept_r, model = _bert_grads(tiny_bert_cfg, saten, recompute_act=True)
+    torch.testing.assert_close(loss_r, loss, rtol=0, atol=0)
+    assert grads_r.keys() == grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads_r[name], grads[name], rtol=1e-6, atol=1e-7, msg=name)
+    layers = tiny_bert_cfg["tiny"]["num_hidden_layers"]
+    assert kept == layers and kept_r == 0  # act(h) is no longer kept for backward next to h
+    from saten.autograd import recompute_activations
+
+    assert recompute_activations(model) == layers  # idempotent: no second wrapper or hook pair
+    with torch.no_grad():
+        model.eval()(input_ids=torch.ones(1, 4, dtype=torch.long))

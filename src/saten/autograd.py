@@ -24,7 +24,13 @@ from torch.nn import functional as F
 
 from saten.tt import TTShape, tt_to_matrix
 
-__all__ = ["SatenLinearFunction", "effective_weight", "saten_linear", "set_recompute"]
+__all__ = [
+    "SatenLinearFunction",
+    "effective_weight",
+    "recompute_activations",
+    "saten_linear",
+    "set_recompute",
+]
 
 
 def effective_weight(
@@ -144,3 +150,82 @@ def set_recompute(model: nn.Module, enabled: bool = True) -> int:
     for layer in layers:
         layer.recompute = enabled
     return len(layers)
+
+
+class _RecordingActivation(nn.Module):
+    """Wraps an activation and remembers its last ``(input, output)`` until the next Linear reads it."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+        self.last = None
+
+    def forward(self, h):
+        a = self.act(h)
+        self.last = (h, a) if torch.is_grad_enabled() and a.requires_grad else None
+        return a
+
+
+def _key(t: torch.Tensor) -> tuple:
+    """Identity of a tensor's data without holding a reference to it (a reshaped view keeps it)."""
+    return t.data_ptr(), t.numel(), t.dtype
+
+
+class _RecomputeHooks:
+    """Forward hooks on the Linear after a recorded activation: while that Linear runs, the activation
+    output it saves for backward is packed as the activation's input and recomputed on unpack."""
+
+    def __init__(self, recorder: _RecordingActivation):
+        self.recorder, self.context = recorder, None
+
+    def pre(self, module, args):
+        record, self.recorder.last = self.recorder.last, None
+        if record is None or _key(args[0]) != _key(record[1]):
+            return
+        h, output = record[0], _key(record[1])  # no reference to act(h) may outlive this forward
+        act = self.recorder.act
+        del record
+
+        def pack(t):
+            return (_RecomputeHooks, h, t.shape) if _key(t) == output and t.is_contiguous() else t
+
+        def unpack(packed):
+            if isinstance(packed, tuple) and packed[0] is _RecomputeHooks:
+                with torch.no_grad():
+                    return act(packed[1]).reshape(packed[2])
+            return packed
+
+        self.context = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+        self.context.__enter__()
+
+    def post(self, module, args, output):
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            self.context = None
+
+
+def recompute_activations(model: nn.Module) -> int:
+    """Save the feed-forward activation's input instead of its output: recompute ``act(h)`` in backward.
+
+    In a BERT-style block ``output.dense(act(intermediate.dense(x)))`` autograd keeps both ``h`` (for the
+    activation's backward) and ``act(h)`` (for the second Linear's weight gradient), two tensors of the
+    widest shape in the block. With this switch the second one is not kept: the Linear's saved input is
+    packed as a reference to ``h`` (kept anyway) and recomputed elementwise when backward needs it
+    (``torch.autograd.graph.saved_tensors_hooks``). Values and gradients are unchanged; it works for
+    :class:`~saten.layers.SatenLinear` and plain ``nn.Linear`` alike. Applies to every module with an
+    ``intermediate.intermediate_act_fn`` and an ``output.dense`` (BERT, RoBERTa, …); returns their number.
+    """
+    count = 0
+    for block in model.modules():
+        intermediate, output = getattr(block, "intermediate", None), getattr(block, "output", None)
+        act = getattr(intermediate, "intermediate_act_fn", None)
+        if act is None or not isinstance(getattr(output, "dense", None), nn.Module):
+            continue
+        recorder = act if isinstance(act, _RecordingActivation) else _RecordingActivation(act)
+        if recorder is not act:
+            intermediate.intermediate_act_fn = recorder
+            hooks = _RecomputeHooks(recorder)
+            output.dense.register_forward_pre_hook(hooks.pre)
+            output.dense.register_forward_hook(hooks.post)
+        count += 1
+    return count
