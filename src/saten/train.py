@@ -193,6 +193,7 @@ def run(cfg: DictConfig) -> dict:
     ConfigError
         For a bad config value (caught by ``run.py``: one line on stderr, exit code 2).
     """
+    from saten.calibration import calibration_batches
     from saten.families import build_datamodule, task_kind
     from saten.lit import build_module
     from saten.models import load_tokenizer
@@ -210,7 +211,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.train:  # data errors (missing files, malformed rows) surface before the model is loaded
         datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
         datamodule.setup("validate" if cfg.trainer.get("max_epochs") == 0 else "fit")
-        module = build_module(cfg)
+        module = build_module(cfg, calibration_batches(datamodule, cfg.get("calibration")))
         if resume is not None:
             match_structure(module, resume.ckpt)
     else:
