@@ -98,10 +98,11 @@ class FactorizedEmbedding(nn.Module):
         return {**self.__dict__, "_csr": None}
 
     def csr(self) -> torch.Tensor:
-        key = (self.values.data_ptr(), self.values.dtype)
-        if self._csr is None or self._csr[0] != key:
+        """The residual as a torch CSR tensor over the buffers (rebuilt when ``values`` is replaced)."""
+        values = self.values
+        if self._csr is None or self._csr[0] is not values:
             size = (self.num_embeddings, self.embedding_dim)
-            self._csr = (key, csr_matrix(self.crow, self.col, self.values, size))
+            self._csr = (values, csr_matrix(self.crow, self.col, values, size))
         return self._csr[1]
 
     def spec(self) -> dict:
@@ -129,11 +130,10 @@ class FactorizedTiedHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb = self.embedding[0]
         x2d = x.reshape(-1, x.shape[-1])
-        out = F.linear(F.linear(x2d, emb.right), emb.left)
+        out = F.linear(F.linear(x2d, emb.right), emb.left, self.bias)
         if emb.nnz:
-            sparse = torch.mv(emb.csr(), x2d[0])[None] if x2d.shape[0] == 1 else torch.sparse.mm(
-                emb.csr(), x2d.t()).t()
-            out = out.add_(sparse)
-        if self.bias is not None:
-            out = out + self.bias
+            if x2d.shape[0] == 1:  # one token: CSR matrix-vector product, accumulated in place
+                out[0].addmv_(emb.csr(), x2d[0])
+            else:
+                out.add_(torch.sparse.mm(emb.csr(), x2d.t()).t())
         return out.reshape(*x.shape[:-1], emb.num_embeddings)

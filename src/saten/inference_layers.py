@@ -169,41 +169,43 @@ class FactorizedTTLinear(nn.Module):
     def factors(self) -> list[torch.Tensor]:
         return [getattr(self, f"factor{k}") for k in range(self.n_factors)]
 
-    def tt_part(self, x2d: torch.Tensor) -> torch.Tensor:
-        """``x A`` for a 2-D input."""
-        factors = self.factors()
+    def tt_part(self, x2d: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x A (+ bias)`` for a 2-D input."""
         if self.shape.layout == "plain":
-            return F.linear(F.linear(x2d, factors[0]), factors[1])
-        return _contract_matrix(x2d, factors, self.shape)
+            buffers = self._buffers
+            return F.linear(F.linear(x2d, buffers["factor0"]), buffers["factor1"], bias)
+        out = _contract_matrix(x2d, self.factors(), self.shape)
+        return out if bias is None else out + bias
 
     def sparse_part(self, x2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out + x Sᵀ`` for a 2-D input (``out`` is updated in place where possible)."""
-        if self.nnz == 0:
+        """``out + x Sᵀ`` for a 2-D input (``out`` is updated in place)."""
+        values = self._buffers["values"]
+        if values.numel() == 0:
             return out
         if self.kernel == "gather":
-            contrib = x2d[:, self.col] * self.values  # (B, nnz)
-            return out.index_add_(1, self.row, contrib)
+            contrib = x2d[:, self._buffers["col"]] * values  # (B, nnz)
+            return out.index_add_(1, self._buffers["row"], contrib)
         csr = self._csr_matrix()
         if x2d.shape[0] == 1:  # one token: the CSR matrix-vector kernel is several times faster than mm
-            return out.add_(torch.mv(csr, x2d[0]))
+            return out[0].addmv_(csr, x2d[0]).unsqueeze(0)
         return out.add_(torch.sparse.mm(csr, x2d.t()).t())
 
     def __getstate__(self):  # the cached CSR view cannot be copied or pickled; it is rebuilt on use
         return {**self.__dict__, "_csr": None}
 
     def _csr_matrix(self) -> torch.Tensor:
-        key = (self.values.data_ptr(), self.values.dtype, self.values.device)
-        if self._csr is None or self._csr[0] != key:
+        """The residual as a torch CSR tensor over the buffers (rebuilt when ``values`` is replaced, e.g.
+        by ``.to()``; in-place updates such as ``load_state_dict`` are shared)."""
+        values = self._buffers["values"]
+        if self._csr is None or self._csr[0] is not values:
             size = (self.out_features, self.in_features)
-            self._csr = (key, csr_matrix(self.crow, self.col, self.values, size))
+            self._csr = (values, csr_matrix(self._buffers["crow"], self._buffers["col"], values, size))
         return self._csr[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2d = x.reshape(-1, self.in_features)
-        out = self.sparse_part(x2d, self.tt_part(x2d))
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        out = self.sparse_part(x2d, self.tt_part(x2d, self._buffers["bias"]))
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def spec(self) -> dict:
         return {"kind": "factorized", "in_features": self.in_features, "out_features": self.out_features,
