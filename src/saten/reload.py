@@ -22,7 +22,7 @@ from saten.errors import ConfigError
 from saten.layers import SatenLinear
 from saten.lowrank import SVDLinear
 
-__all__ = ["load_state_exact", "match_state", "saved_spec"]
+__all__ = ["load_checkpoint", "load_state_exact", "match_state", "saved_spec"]
 
 
 def saved_spec(layer: nn.Module, state: Mapping[str, torch.Tensor], key: str) -> dict:
@@ -86,3 +86,18 @@ def load_state_exact(module: nn.Module, state: Mapping[str, torch.Tensor], prefi
     rebuilt = match_state(module, state, prefix)
     module.load_state_dict(dict(state), strict=True)
     return rebuilt
+
+
+def load_checkpoint(path, map_location: str = "cpu"):
+    """A LightningModule from a Lightning ``.ckpt``, with the checkpoint's compressed structure, in eval mode.
+
+    Like ``load_from_checkpoint``, but the layers are first rebuilt with the saved ranks (:func:`match_state`)
+    """
+    from saten.families import module_class, task_kind
+
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    hparams = dict(checkpoint["hyper_parameters"])
+    module = module_class(task_kind(hparams["task"]))(**hparams)
+    load_state_exact(module, checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    return module.eval()

@@ -81,14 +81,14 @@ register_resolvers()
 
 def load_for_eval(cfg: DictConfig):
     """The model to evaluate (``train=false``): a run dir via :func:`saten.lit.load_run`, or a ``.ckpt``."""
-    from saten.families import module_class, task_kind
     from saten.lit import load_run
+    from saten.reload import load_checkpoint
 
     path = Path(str(cfg.ckpt_path))
     if path.is_dir():
         module = load_run(path)
     else:
-        module = module_class(task_kind(cfg.task)).load_from_checkpoint(path, map_location="cpu")
+        module = load_checkpoint(path)  # with the checkpoint's ranks, whatever a fresh compression gives
     trained_on = module.hparams.task["name"]
     if trained_on != cfg.task.name:
         raise ConfigError(f"task={cfg.task.name}: ckpt_path={path} was trained on {trained_on}; add "
