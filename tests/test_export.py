@@ -88,10 +88,10 @@ def test_auto_times_candidates_and_records_choice(tiny_llama_cfg):
 
 
 @pytest.mark.parametrize("saten", ["unstructured", "saten_e"])
-@pytest.mark.parametrize("format", ["merged", "factorized"])
+@pytest.mark.parametrize("format", ["merged", "factorized", "auto"])
 def test_save_load_round_trip(tmp_path, tiny_llama_cfg, saten, format):
     model = _model(tiny_llama_cfg, "llama", saten)
-    export(model, format)
+    export(model, format, repeats=2)
     inputs = _inputs(model)
     expected = _outputs(model, inputs)
     save_exported(model, tmp_path)
