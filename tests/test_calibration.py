@@ -119,3 +119,21 @@ def test_pipeline_with_calibration_trains_one_batch(mini_glue, tmp_path):
     assert math.isfinite(summary["best/f1"])
     layers = json.loads((tmp_path / "report.json").read_text())["layers"]
     assert layers and all(row["activation_aware"] for row in layers)
+
+
+def test_target_ratio_counts_the_scales_of_an_activation_aware_model(tiny_llama_cfg):
+    from saten import compress
+    from saten.accounting import model_report
+    from saten.calibration import calibrated_scales
+    from saten.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(tiny_llama_cfg, head="causal_lm")
+    ids = torch.randint(0, 100, (2, 16))
+    saten = {"method": "saten", "eps": 0.5, "density": 0.05, "sparsity": "unstructured", "target_ratio": 0.4}
+    scales = calibrated_scales(model, saten, {"samples": 2, "alpha": 0.5},
+                               [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
+    compress(model, saten, channel_scales=scales)
+    reached = model_report(model)["total"]["ratio"]
+    assert abs(reached / 0.4 - 1) <= 0.01
+    assert model.saten_info["budget"]["ratio"] == pytest.approx(reached, rel=1e-9)

@@ -45,11 +45,13 @@ def tt_params(linear: nn.Linear, shape: TTShape, eps: float, max_rank: int | Non
 class _Budget:
     """Ratio of the targeted layers as a function of (ε, density), with the TT counts cached per ε."""
 
-    def __init__(self, linears: list[nn.Linear], shapes: list[TTShape], cfg: SatenConfig):
+    def __init__(self, linears: list[nn.Linear], shapes: list[TTShape], cfg: SatenConfig, extra: int = 0):
         self.linears, self.shapes, self.cfg = linears, shapes, cfg
         self.sizes = [lin.in_features * lin.out_features for lin in linears]
-        self.biases = sum(lin.bias.numel() for lin in linears if lin.bias is not None)
-        self.dense = sum(self.sizes) + self.biases
+        # biases and the fixed extras (activation-aware input scales) cost the same whatever ε is
+        self.biases = sum(lin.bias.numel() for lin in linears if lin.bias is not None) + extra
+        self.dense_biases = self.biases - extra
+        self.dense = sum(self.sizes) + self.dense_biases
         self.cache: dict[float, int] = {}
 
     def tt(self, eps: float) -> int:
@@ -71,8 +73,13 @@ class _Budget:
         return (self.tt(eps) + self.kept(density) + self.biases) / self.dense
 
 
-def fit_budget(linears: list[nn.Linear], shapes: list[TTShape], cfg: SatenConfig) -> tuple[SatenConfig, dict]:
+def fit_budget(
+    linears: list[nn.Linear], shapes: list[TTShape], cfg: SatenConfig, extra: int = 0
+) -> tuple[SatenConfig, dict]:
     """The config with ε (and the density) chosen for ``cfg.target_ratio``, and a record of the choice.
+
+    ``linears`` are the weights as they will be compressed (activation-aware: already scaled) and
+    ``extra`` counts the fixed parameters the compressed layers add (their input scales).
 
     Raises
     ------
@@ -82,7 +89,7 @@ def fit_budget(linears: list[nn.Linear], shapes: list[TTShape], cfg: SatenConfig
     """
     target = float(cfg.target_ratio)
     floor = float(cfg.density or 0.0) if cfg.method == "saten" and cfg.sparsity == "unstructured" else 0.0
-    budget = _Budget(linears, shapes, cfg)
+    budget = _Budget(linears, shapes, cfg, extra)
     lo, hi = 0.0, math.sqrt(max(len(s.modes) for s in shapes) - 1) + 1e-3  # ε at hi: every rank is 1
     least = budget.ratio(hi, floor)
     if least > target:

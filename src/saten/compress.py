@@ -151,6 +151,14 @@ def _compress_embeddings(model: nn.Module, cfg: SatenConfig) -> list[str]:
     return [name]
 
 
+def _scaled(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
+    """A weight-only copy of ``linear`` with its input channels scaled (``W·diag(s)``)."""
+    copy = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    copy.weight = nn.Parameter(linear.weight.detach() * scale.to(linear.weight)[None, :], requires_grad=False)
+    copy.bias = linear.bias
+    return copy
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -198,7 +206,11 @@ def compress(
 
             linears = [model.get_submodule(name) for name in names]
             shapes = [_shape_for(n, lin, shape_cfg) for n, lin in zip(names, linears)]
-            cfg, budget = fit_budget(linears, shapes, cfg)
+            extra = 0
+            if channel_scales:  # the budget sees the weights that will be compressed, and the scales' cost
+                linears = [_scaled(lin, channel_scales[n]) for n, lin in zip(names, linears)]
+                extra = sum(channel_scales[n].numel() for n in names)
+            cfg, budget = fit_budget(linears, shapes, cfg, extra)
         with torch.no_grad():
             if channel_scales is not None and cfg.method == "svd":
                 raise ConfigError("calibration.samples>0 with saten.method=svd: activation-aware compression "
