@@ -44,10 +44,13 @@ def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int) -> di
     if format in ("auto", "factorized"):
         out.update({f"factorized:{k}": FactorizedTTLinear.from_saten(layer, k) for k in kernels})
     semi_ok = layer.sparsity == "nm" and tuple(layer.nm or ()) == (2, 4)
-    if format == "semi_structured" or (
-        format == "auto" and semi_ok and semi_structured_available(layer.values.device) is None
-    ):
+    if format == "semi_structured":
         out["semi_structured"] = SemiStructuredLinear.from_saten(layer)
+    elif format == "auto" and semi_ok and semi_structured_available(layer.values.device) is None:
+        try:  # a candidate only where torch's kernels take this shape and dtype
+            out["semi_structured"] = SemiStructuredLinear.from_saten(layer)
+        except ValueError:
+            pass
     return out
 
 

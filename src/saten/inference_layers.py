@@ -263,8 +263,13 @@ class SemiStructuredLinear(FactorizedTTLinear):
 
         dense = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype,
                             device=self.values.device)
-        dense[self.row.long(), self.col.long()] = self.values
-        self._semi = to_sparse_semi_structured(dense)
+        dense[self.row, self.col] = self.values
+        try:
+            self._semi = to_sparse_semi_structured(dense)
+        except (ValueError, RuntimeError) as err:  # dtype or shape outside the kernels' constraints
+            raise ValueError(f"format='semi_structured': the {self.out_features}x{self.in_features} "
+                             f"{dense.dtype} residual cannot be converted ({str(err).splitlines()[0]}); "
+                             "use format='factorized' or 'merged'") from None
 
     def sparse_part(self, x2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self._semi is None:
