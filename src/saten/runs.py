@@ -1,0 +1,160 @@
+"""Run folders -> rows: what the tables, curves and shape-selection tools read.
+
+A run folder holds ``summary.json`` (metrics; ``status: failed`` and ``error`` for a failed multirun job),
+``provenance.json``, ``config.yaml`` and Hydra's ``.hydra/hydra.yaml`` (the config-group choices). Slices of a
+sweep run in different sessions merge: pass all their folders and/or earlier ``runs.csv`` files; a run is
+identified by its folder, so the same run is never counted twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+from saten.provenance import cpu_model
+
+__all__ = ["collect", "failed", "finished", "main_metric", "mean_std", "method_label", "read_run",
+           "write_csv"]
+
+TEXT_KEYS = ("task", "model", "method", "command", "job", "git", "cpu", "run_dir", "status", "error",
+             "saten_choice", "tt_shape", "method_preset", "metric", "sparsity")
+# the main metric per GLUE task (conf/task/*.yaml task.metric), for rows that lack config.yaml
+MAIN_METRIC = {"cola": "matthews", "stsb": "pearson", "mrpc": "f1", "qqp": "f1", "mnli": "accuracy_m",
+               "wikitext2": "perplexity"}
+
+
+def method_label(summary: dict) -> str:
+    """``dense``, ``svd``, ``tt``, ``saten(u)`` or ``saten(N:M)``; ``+e`` for Saten(e)."""
+    method = summary.get("method")
+    if method == "saten" and summary.get("sparsity") == "nm":
+        nm = summary.get("nm") or [2, 4]
+        label = f"saten({nm[0]}:{nm[1]})"
+    else:
+        label = "saten(u)" if method == "saten" else str(method)
+    return label + ("(e)" if summary.get("embeddings") in (True, "True", "true") else "")
+
+
+def main_metric(row: dict) -> str:
+    """The task's main metric name (``f1`` for MRPC, ``matthews`` for CoLA, …)."""
+    return row.get("metric") or MAIN_METRIC.get(str(row.get("task")), "accuracy")
+
+
+def _load(path: Path, yaml: bool = False) -> dict:
+    if not path.is_file():
+        return {}
+    if yaml:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    return json.loads(path.read_text())
+
+
+def read_run(run_dir: Path) -> dict:
+    """One row: configuration, metrics, status and where it came from."""
+    summary = _load(run_dir / "summary.json")
+    provenance = _load(run_dir / "provenance.json")
+    cfg = _load(run_dir / "config.yaml", yaml=True)
+    choices = (_load(run_dir / ".hydra" / "hydra.yaml", yaml=True).get("hydra") or {}).get("runtime", {})
+    choices = choices.get("choices") or {}
+    optim, saten, task = cfg.get("optim") or {}, cfg.get("saten") or {}, cfg.get("task") or {}
+    summary.setdefault("embeddings", saten.get("embeddings"))
+    summary.setdefault("nm", saten.get("nm"))
+    row = {
+        "task": summary.get("task") or task.get("name"),
+        "model": summary.get("model") or (cfg.get("model") or {}).get("name"),
+        "method": method_label(summary),
+        "status": summary.get("status", "ok"),
+        "error": summary.get("error"),
+        "saten_choice": choices.get("saten"),
+        "method_preset": choices.get("method_preset"),
+        "tt_shape": choices.get("tt_shape"),
+        "metric": task.get("metric"),
+        "eps": summary.get("eps"),
+        "density": summary.get("density"),
+        "svd_ratio": saten.get("svd_ratio"),
+        "target_ratio": saten.get("target_ratio"),
+        "seed": summary.get("seed", cfg.get("seed")),
+        "lr": optim.get("lr"),
+        "lr_cores": optim.get("lr_cores") or optim.get("lr"),
+        "lr_sparse": optim.get("lr_sparse") or optim.get("lr"),
+        "epochs": summary.get("epochs"),
+        "ratio": summary.get("ratio"),
+        "model_ratio": summary.get("model_ratio"),
+        "params": summary.get("params"),
+        "macs": summary.get("macs"),
+        "seconds": summary.get("seconds"),
+    }
+    row.update({k: v for k, v in summary.items() if k.startswith("best/") and k != "best/epoch"})
+    row.update({
+        "command": provenance.get("job_command") or provenance.get("command", ""),
+        "job": run_dir.name,
+        "git": (provenance.get("git") or {}).get("sha"),
+        "cpu": (provenance.get("cpu") or {}).get("model", cpu_model()),
+        "threads": provenance.get("torch_threads"),
+        "run_dir": str(run_dir),
+    })
+    return row
+
+
+def _typed(row: dict) -> dict:
+    """A ``runs.csv`` row with numbers as floats and empty cells as ``None``."""
+    out = {}
+    for key, value in row.items():
+        if value in ("", None, "None"):
+            out[key] = None
+        elif key in TEXT_KEYS:
+            out[key] = value
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    out.setdefault("status", "ok")
+    return out
+
+
+def collect(paths: list[Path]) -> list[dict]:
+    """Rows of every run under ``paths`` (folders searched recursively for ``summary.json``, or
+    ``runs.csv`` files), finished and failed, each run once."""
+    rows, seen = [], set()
+    for path in map(Path, paths):
+        if path.suffix == ".csv":
+            with open(path) as f:
+                found = [_typed(row) for row in csv.DictReader(f)]
+        else:
+            found = [read_run(s.parent) for s in sorted(path.rglob("summary.json"))]
+        for row in found:
+            if row["run_dir"] not in seen:
+                seen.add(row["run_dir"])
+                rows.append(row)
+    return rows
+
+
+def finished(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("status", "ok") != "failed"]
+
+
+def failed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("status") == "failed"]
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values."""
+    vals = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """``rows`` as CSV (the union of their keys as columns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

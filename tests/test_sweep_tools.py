@@ -1,0 +1,69 @@
+"""A tiny real multirun (tiny_bert, one batch, parallel launcher) feeds the tables and curve tools; a failed
+job is listed, the W&B aggregate run is written offline. The multirun takes ~25 s (slow); the curve tool on
+the committed MRPC runs is the fast check."""
+
+import csv
+from pathlib import Path
+
+import pytest
+from test_run import run_py
+
+from saten import curves, tables
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, mini_glue):
+    root = tmp_path_factory.mktemp("sweep")
+    args = ["-m", "model=tiny_bert", "task=mrpc", "logger=csv", f"data.glue_dir={mini_glue}",
+            "saten.density=0,0.1,1.5", "data.cache_dir=null", "data.batch_size=8", "data.eval_batch_size=8",
+            "data.max_seq_length=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+            "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+            f"paths.log_dir={root / 'logs'}"]
+    result = run_py(args, cwd=root)
+    # density 1.5 fails (recorded in its summary.json); the other two jobs finish
+    assert "ConfigError: saten.density=1.5" in result.stderr and result.stderr.count("failed:") == 1, (
+        result.stderr[-3000:])
+    return root
+
+
+@pytest.mark.slow
+def test_tables_from_a_tiny_multirun(sweep):
+    assert tables.main([str(sweep / "logs"), "--out", str(sweep / "tables")]) == 0
+    rows = list(csv.DictReader(open(sweep / "tables" / "runs.csv")))
+    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok"]
+    paper = (sweep / "tables" / "paper_table.md").read_text()
+    body = [line for line in paper.splitlines() if line.startswith("| saten(u)")]
+    assert len(body) == 2 and all("(1)" in line for line in body)  # one seed per density
+    assert "mrpc f1" in paper and "MACs/token" in paper
+    failed = paper.split("## Failed jobs")[1]
+    assert "saten.density=1.5" in failed and failed.count("| mrpc |") == 1
+
+
+@pytest.mark.slow
+def test_curves_from_a_tiny_multirun(sweep, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = sweep / "curves"
+    assert curves.main([str(sweep / "logs"), "--out", str(out), "--wandb-dir", str(sweep / "wandb")]) == 0
+    points = list(csv.DictReader(open(out / "curves.csv")))
+    density = sorted(float(p["x"]) for p in points if p["axis"] == "density")
+    assert density == [0.0, 0.1] and all(p["metric"] == "f1" and p["seeds"] == "1" for p in points)
+    for name in ("mrpc_vs_density.png", "mrpc_vs_params.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert len(list((sweep / "wandb").glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+def test_curves_without_runs_is_one_clear_error(tmp_path, capsys):
+    assert curves.main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-wandb"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_curves_from_committed_runs(tmp_path):
+    runs = REPO_ROOT / "results" / "mrpc_minilm" / "runs.csv"
+    assert curves.main([str(runs), "--out", str(tmp_path), "--no-wandb"]) == 0
+    points = list(csv.DictReader(open(tmp_path / "curves.csv")))
+    dense = [p for p in points if p["series"] == "dense" and p["axis"] == "params"]
+    assert len(dense) == 1 and dense[0]["seeds"] == "3" and float(dense[0]["mean"]) > 0.5
+    assert (tmp_path / "mrpc_vs_params.png").read_bytes()[:4] == b"\x89PNG"
