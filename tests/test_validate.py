@@ -83,6 +83,21 @@ def test_bad_value_is_one_line_before_weights_load(overrides, start, tmp_path, n
     assert message.startswith(start), message
 
 
+def test_model_device_key(tmp_path, tiny_bert_cfg, no_weights):
+    import torch
+
+    from saten.models import model_device
+
+    assert model_device(tiny_bert_cfg) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert model_device(tiny_bert_cfg | {"device": "auto"}).type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^model.device=cuda: no CUDA device"):
+            model_device(tiny_bert_cfg | {"device": "cuda"})
+    message = config_error(tiny(write_mrpc(tmp_path / "glue"), "model.device=tpu"), tmp_path)
+    assert message.startswith("model.device=tpu: not supported; use one of cpu, cuda, auto")
+
+
 def test_offline_hub_model_names_the_offline_alternative(tmp_path, no_weights):
     message = config_error(tiny(write_mrpc(tmp_path / "glue"), "model=bert_base",
                                 "model.pretrained=nobody/bert"), tmp_path)

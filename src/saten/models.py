@@ -7,6 +7,7 @@ Every loader reads one ``model`` config group (see ``conf/model/*.yaml``)::
     pretrained: null        # hub id or local folder (source=hub)
     arch: bert              # bert | llama
     dtype: float32          # float32 | bfloat16 | float16
+    device: cpu             # cpu | cuda | auto: where the model is loaded and compressed
     cache_dir: ...          # gguf_smollm2 and tiny llama: where the dequantized copy / tokenizer live
     tiny: {...}             # source=tiny: BertConfig / LlamaConfig keyword arguments
     tokenizer: ...          # source=tiny: package_minilm | gguf_smollm2
@@ -59,6 +60,17 @@ HEADS = {
 TINY_CONFIGS = {"bert": BertConfig, "llama": LlamaConfig}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFLINE_ALTERNATIVES = "offline alternatives: model=minilm (BERT) or model=smollm2_135m (LLaMA)"
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def model_device(model_cfg: Mapping) -> torch.device:
+    """Where the model is loaded and compressed: ``model.device`` (``auto``: CUDA when present, else CPU)."""
+    device = _choice(model_cfg, "device", DEVICES, "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device=cuda: no CUDA device on this machine; use model.device=auto or cpu")
+    return torch.device(device)
 
 
 def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
@@ -217,4 +229,4 @@ def load_model(
         with _quiet_transformers():
             model = _from_pretrained(cls, name, hub=source == "hub", config=config, dtype=dtype)
         log.info("Loaded %s (%s, head=%s) from %s", _get(model_cfg, "name"), type(model).__name__, head, name)
-    return model.eval()
+    return model.to(model_device(model_cfg)).eval()  # compression then runs where the weights are

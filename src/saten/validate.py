@@ -72,6 +72,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={ckpt}: no such file or directory; pass a run dir (with "
                           f"model.safetensors or checkpoints/last.ckpt), a Lightning .ckpt file, or last")
     if cfg.train:
+        from saten.models import model_device
+
+        model_device(cfg.model)
         check_optim_config(cfg.optim)
         check_method_config(cfg)
 
