@@ -1,0 +1,30 @@
+"""Scale-out: ``trainer=ddp`` with 2 CPU processes (gloo) trains the same compressed model (same parameter
+count) to a metric within noise of one process. Slow: two processes share the CPU with everything else.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_run import run_py
+from test_validate import tiny, write_mrpc
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    glue = write_mrpc(tmp_path / "glue", train=256, dev=64)
+    base = tiny(glue, "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", "optim.lr=1e-3",
+                "data.batch_size=16")
+    summaries = {}
+    for name, extra in (("one", ["trainer=cpu"]),
+                        ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                 "data.batch_size=8"])):  # 2 x 8: the same global batch as 1 x 16
+        result = run_py([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    one, ddp = summaries["one"], summaries["ddp"]
+    assert ddp["params"] == one["params"] and ddp["ratio"] == one["ratio"]
+    assert ddp["global_step"] == one["global_step"] == 2 * 256 // 16
+    assert ddp["val/loss"] == pytest.approx(one["val/loss"], abs=0.05)
+    assert ddp["val/accuracy"] == pytest.approx(one["val/accuracy"], abs=0.15)
