@@ -67,3 +67,38 @@ def test_curves_from_committed_runs(tmp_path):
     dense = [p for p in points if p["series"] == "dense" and p["axis"] == "params"]
     assert len(dense) == 1 and dense[0]["seeds"] == "3" and float(dense[0]["mean"]) > 0.5
     assert (tmp_path / "mrpc_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_select_picks_the_best_metric_per_ratio_on_the_front():
+    from saten.shape_select import select
+
+    cands = [{"tt_shape": "a", "params": 100, "mean": 0.80, "per_ratio": 0.80 / 0.5},
+             {"tt_shape": "b", "params": 120, "mean": 0.78, "per_ratio": 0.78 / 0.6},  # dominated by a
+             {"tt_shape": "c", "params": 200, "mean": 0.85, "per_ratio": 0.85 / 1.0},
+             {"tt_shape": "d", "params": 80, "mean": 0.70, "per_ratio": 0.70 / 0.45}]
+    winner, front = select(cands)
+    assert [c["tt_shape"] for c in front] == ["d", "a", "c"] and winner["tt_shape"] == "a"
+
+
+@pytest.mark.slow
+def test_shape_select_from_a_tiny_shape_sweep(tmp_path, mini_glue, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from saten import shape_select
+
+    args = ["-m", "model=tiny_bert", "task=mrpc", "logger=csv", f"data.glue_dir={mini_glue}",
+            "tt_shape=balanced,order3", "data.cache_dir=null", "data.batch_size=8", "data.max_seq_length=32",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.num_sanity_val_steps=0",
+            "trainer.enable_progress_bar=false", "hydra/launcher=parallel",
+            f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_py(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert shape_select.main([str(tmp_path / "logs"), "--task", "mrpc", "--name", "picked", "--conf",
+                              str(tmp_path / "conf"), "--out", str(tmp_path / "out"), "--wandb-dir",
+                              str(tmp_path / "wandb")]) == 0
+    table = (tmp_path / "out" / "picked.md").read_text()
+    assert "balanced" in table and "order3" in table and table.count("(selected)") == 1
+    picked = OmegaConf.load(tmp_path / "conf" / "picked.yaml")
+    assert picked.in_order in (2, 3) and picked.layout == "plain"
+    assert list((tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from saten.provenance import cpu_model, git_state
+from saten.runs import write_csv
 
-__all__ = ["proxy_configs", "write_csv", "write_outputs"]
-
-
-def write_csv(rows: list[dict], path: Path) -> Path:
-    """``rows`` as CSV (the union of their keys as columns)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+__all__ = ["proxy_configs", "provenance_lines", "write_outputs"]
 
 
-def _provenance(command: str) -> list[str]:
+def provenance_lines(command: str) -> list[str]:
     import os
 
     import torch
@@ -38,7 +27,7 @@ def _short(pattern: str) -> str:
 
 def markdown(model: str, rows: list[dict], command: str, ref_eps: float, top: int = 5) -> str:
     """Per layer type: the reference shape and the ``top`` best candidates."""
-    lines = [f"# TT-shape proxy, {model}", "", *_provenance(command), "",
+    lines = [f"# TT-shape proxy, {model}", "", *provenance_lines(command), "",
              f"Score = relative TT error ‖W − TT‖/‖W‖ at the parameter count the reference shape (balanced, "
              f"plain, 2+2) reaches at ε {ref_eps}, interpolated on each candidate's (params, error) curve "
              f"over ε; mean over the scored layers of the type. Lower is better; no training involved.", ""]
