@@ -93,6 +93,15 @@ def layer_seconds(model, repeats: int = 20) -> float:
     return statistics.median(times[2:])
 
 
+def profile_table(model, ids, new_tokens: int, rows: int = 15) -> str:
+    """Top operators by self CPU time over one greedy generation (``torch.profiler``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        decode_seconds(model, ids, new_tokens)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
+
+
 def variants(base, saten_cfg: dict) -> dict[str, nn.Module]:
     """dense plus the exported Saten models, each a separate copy."""
     out = {"dense": base}
@@ -134,6 +143,8 @@ def run(args) -> list[dict]:
             seconds[name].append(decode_seconds(model, ids, args.new_tokens))
             print(name, f"{args.new_tokens / seconds[name][-1]:.2f} tokens/s", flush=True)
     dense_bytes = weight_bytes(base)
+    profiles = {name: profile_table(models[name], ids, args.profile_tokens)
+                for name in ("dense", "saten_e auto") if args.profile_tokens}
     rows = []
     for name, model in models.items():
         step = statistics.median(seconds[name]) / args.new_tokens
@@ -151,10 +162,10 @@ def run(args) -> list[dict]:
         other = row["step_ms"] - row["layers_ms"]
         row["bound_with_rest"] = dense["step_ms"] / (other + dense["layers_ms"] / row["bytes_limit"])
         row["of_limit"] = (row["speedup"] - 1) / (row["bytes_limit"] - 1) if row["bytes_limit"] > 1 else None
-    return rows
+    return rows, profiles
 
 
-def write(rows: list[dict], out: Path, command: str, load_at_start: str, args) -> None:
+def write(rows: list[dict], profiles: dict, out: Path, command: str, load_at_start: str, args) -> None:
     write_csv(out / "decode.csv", rows)
     lines = ["# Batch-1 decoding: SmolLM2-135M dense vs exported Saten (CPU)", "",
              *machine_lines(command, load_at_start), "", *DESCRIPTION, "",
@@ -179,6 +190,9 @@ def write(rows: list[dict], out: Path, command: str, load_at_start: str, args) -
               "the bytes ratio), i.e. the speed-up if the weight layers ran at the bytes limit and nothing "
               "else changed. Prompt: "
               f"`{PROMPT}` ({rows[0]['prompt_tokens']} tokens), {args.new_tokens} new tokens."]
+    for name, table in profiles.items():
+        lines += ["", f"## Where a step goes: {name}, {args.profile_tokens} new tokens under torch.profiler",
+                  "", "```", table.rstrip(), "```"]
     (out / "decode.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'decode.md'}")
 
@@ -188,15 +202,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target-ratio", type=float, default=1 / 3)
+    parser.add_argument("--profile-tokens", type=int, default=16, help="0: no operator profile")
     parser.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     args = parser.parse_args()
     load_at_start = load_average()
-    rows = run(args)
+    rows, profiles = run(args)
     threads = os.environ.get("OMP_NUM_THREADS")
     command = (f"{'OMP_NUM_THREADS=' + threads + ' ' if threads else ''}python benchmarks/decode.py "
                f"--new-tokens {args.new_tokens} --rounds {args.rounds} "
-               f"--target-ratio {args.target_ratio:.6g}")
-    write(rows, Path(args.out), command, load_at_start, args)
+               f"--profile-tokens {args.profile_tokens} --target-ratio {args.target_ratio:.6g}")
+    write(rows, profiles, Path(args.out), command, load_at_start, args)
 
 
 if __name__ == "__main__":
