@@ -51,6 +51,7 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --nbmake notebooks
 
 bench: setup
 	$(PY) benchmarks/compress.py $(ARGS)
