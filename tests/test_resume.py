@@ -21,7 +21,7 @@ from test_validate import tiny, write_mrpc
 from saten.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec",
-                                        "ignore:.*does not have many workers")
+                                        "ignore:.*does not have many workers", "ignore:Checkpoint directory")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

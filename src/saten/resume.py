@@ -124,6 +124,8 @@ def resolve(cfg: DictConfig) -> Resume | None:
     if "optimizer_states" not in state:
         raise ConfigError(f"ckpt_path={ckpt}: a weights-only checkpoint cannot resume training; evaluate it "
                           f"with train=false, or resume from <run dir>/checkpoints/{LAST} (ckpt_path=last)")
+    log.info("resuming from %s (epoch %s, step %s)%s", resume.ckpt, state.get("epoch"),
+             state.get("global_step"), f" in {resume.run_dir}" if resume.run_dir else "")
     return resume
 
 
@@ -143,7 +145,6 @@ def find_last(cfg: DictConfig) -> Path:
             continue
         saved = OmegaConf.load(run_dir / "config.yaml")
         if all(_plain(saved.get(key)) == value for key, value in wanted.items()):
-            log.info("ckpt_path=last: resuming %s", run_dir)
             return run_dir
     raise ConfigError(f"ckpt_path=last: no run under {log_dir} holds checkpoints/{LAST} with the same "
                       f"{', '.join(SAME)}; run without ckpt_path (or pass the run dir: ckpt_path=<run dir>)")
