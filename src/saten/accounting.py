@@ -156,7 +156,7 @@ def model_report(
         if cfg is not None
         else (lambda key: None)
     )
-    return {
+    report = {
         "model": model_name
         or getattr(getattr(model, "config", None), "_name_or_path", None)
         or type(model).__name__,
@@ -178,3 +178,6 @@ def model_report(
             "index_bytes": sum(c["index_bytes"] for c in counts),
         },
     }
+    if info.get("budget"):  # saten.target_ratio: what the global or sensitivity budget chose
+        report["budget"] = info["budget"]
+    return report

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["activation_scales", "calibrated_scales", "calibration_batches", "input_channel_rms"]
+__all__ = ["activation_scales", "calibrated_scales", "calibration_batches", "input_channel_rms",
+           "plan_compression"]
 
 
 def calibration_batches(datamodule, calibration: Mapping | None) -> list[dict[str, torch.Tensor]] | None:
@@ -32,7 +33,7 @@ def calibration_batches(datamodule, calibration: Mapping | None) -> list[dict[st
     datamodule.setup("fit")
     batches, seen = [], 0
     for batch in datamodule.train_dataloader():
-        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}  # labels: for the Fisher
         batches.append(batch)
         seen += len(next(iter(batch.values())))
         if seen >= samples:
@@ -112,7 +113,43 @@ def calibrated_scales(model: nn.Module, saten: Mapping, calibration: Mapping | N
     samples = int((calibration or {}).get("samples") or 0)
     if samples <= 0 or batches is None or saten.get("method") in ("dense", None):
         return None
+    if not calibration.get("activation_aware", True):
+        return None
     names = find_targets(model, saten.get("targets"), saten.get("exclude"))
     rms = input_channel_rms(model, names, batches)
     alpha = float(calibration.get("alpha", 0.5))
     return {name: activation_scales(value, alpha) for name, value in rms.items()}
+
+
+def plan_compression(model: nn.Module, saten: Mapping, tt_shape: Mapping | None, calibration: Mapping | None,
+                     batches) -> tuple[Mapping, dict | None, dict | None]:
+    """What :func:`saten.compress` gets from calibration: the ``saten`` config, channel scales, a record.
+
+    ``calibration.activation_aware`` gives per-channel scales; ``calibration.sensitivity`` (with
+    ``saten.target_ratio``) replaces the global ε by per-layer ε (:mod:`saten.sensitivity`), returned as
+    ``saten.overrides`` with the budget record for ``model.saten_info["budget"]``.
+    """
+    scales = calibrated_scales(model, saten, calibration, batches)
+    calibration = calibration or {}
+    if not calibration.get("sensitivity") or batches is None or saten.get("method") in ("dense", None):
+        return saten, scales, None
+    from saten.compress import _compress_linear, find_targets
+    from saten.config import SatenConfig, TTShapeConfig
+    from saten.errors import ConfigError
+    from saten.sensitivity import sensitivity_overrides
+
+    cfg = SatenConfig.from_any(saten, warn=False)
+    if cfg.method not in ("saten", "tt"):
+        raise ConfigError(f"calibration.sensitivity=true with saten.method={cfg.method}: per-layer ε applies "
+                          f"to saten and tt; set calibration.sensitivity=false")
+    shape_cfg = TTShapeConfig.from_any(tt_shape)
+    names = find_targets(model, cfg.targets, cfg.exclude)
+    base = cfg.for_layer(target_ratio=None)
+    scales_or_none = scales or {}
+
+    def build_for(name, eps):
+        return _compress_linear(name, model.get_submodule(name), base.for_layer(eps=eps), shape_cfg,
+                                scales_or_none.get(name))
+
+    overrides, record = sensitivity_overrides(model, names, cfg, batches, build_for)
+    return base.as_dict() | {"overrides": overrides}, scales, record

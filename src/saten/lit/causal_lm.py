@@ -62,7 +62,7 @@ class CausalLM(TrainingHooks, L.LightningModule):
                  calibration: Mapping | None = None, calibration_batches: list | None = None):
         super().__init__()
         from saten import compress
-        from saten.calibration import calibrated_scales
+        from saten.calibration import plan_compression
         from saten.callbacks import compression_report
         from saten.models import load_model
 
@@ -77,8 +77,10 @@ class CausalLM(TrainingHooks, L.LightningModule):
                               f"tokens; use task.metric=perplexity")
         start = time.perf_counter()
         self.model = load_model(model, head="causal_lm")
-        scales = calibrated_scales(self.model, saten, calibration, calibration_batches)
-        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape, channel_scales=scales))
+        plan, scales, budget = plan_compression(self.model, saten, tt_shape, calibration, calibration_batches)
+        self.replaced = list(compress(self.model, plan, tt_shape=tt_shape, channel_scales=scales))
+        if budget is not None:
+            self.model.saten_info["budget"] = budget
         self.compress_seconds = time.perf_counter() - start
         self.compression_report: dict | None = None
         if lora_enabled(lora):

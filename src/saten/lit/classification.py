@@ -71,7 +71,7 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
                  calibration_batches: list | None = None, distill: Mapping | None = None):
         super().__init__()
         from saten import compress
-        from saten.calibration import calibrated_scales
+        from saten.calibration import plan_compression
         from saten.distill import check_distill_config
         from saten.models import load_model
 
@@ -88,8 +88,10 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
         start = time.perf_counter()
         self.model = load_model(model, head="sequence_classification", num_labels=self.spec.num_labels,
                                 problem_type=problem_type)
-        scales = calibrated_scales(self.model, saten, calibration, calibration_batches)
-        self.replaced = list(compress(self.model, saten, tt_shape=tt_shape, channel_scales=scales))
+        plan, scales, budget = plan_compression(self.model, saten, tt_shape, calibration, calibration_batches)
+        self.replaced = list(compress(self.model, plan, tt_shape=tt_shape, channel_scales=scales))
+        if budget is not None:
+            self.model.saten_info["budget"] = budget
         self.compress_seconds = time.perf_counter() - start
         # from_pretrained returns eval mode and Lightning keeps submodule modes: train mode = dropout on
         self.model.train()

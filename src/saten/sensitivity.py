@@ -1,0 +1,147 @@
+"""Sensitivity-aware budget: per-layer ε under a global target ratio, from a measured loss sensitivity.
+
+One global ε treats every layer alike. Here each layer ``l`` gets its own ε from a grid, chosen to
+minimize the predicted loss increase under the parameter budget ``target_ratio``:
+
+- the loss increase of replacing ``W_l`` by ``Ŵ_l(ε)`` is estimated to second order with the diagonal
+  empirical Fisher ``F_l = mean over calibration batches of (∂loss/∂W_l)²``:
+  ``cost_l(ε) = ½ Σ F_l ⊙ (W_l − Ŵ_l(ε))²`` (as in Fisher-weighted low-rank/ pruning criteria);
+- ``Σ_l cost_l(ε_l)`` is minimized subject to ``Σ_l params_l(ε_l) ≤ target·dense`` by the Lagrangian
+  relaxation: for a price ``λ`` every layer picks ``argmin_ε cost_l(ε) + λ·params_l(ε)``, and bisection on
+  ``λ`` finds the largest ratio under the target. The density (or N:M) stays the configured one.
+
+The result is a ``saten.overrides`` mapping ``{layer name: {"eps": ε_l}}`` plus a record for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from saten.config import SatenConfig
+from saten.errors import ConfigError
+
+__all__ = ["allocate", "fisher_diagonals", "layer_options", "sensitivity_overrides"]
+
+log = logging.getLogger(__name__)
+
+
+def fisher_diagonals(model: nn.Module, names: list[str], batches) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the loss w.r.t. each named Linear's weight over the calibration batches.
+
+    The batches must carry ``labels`` (the model then returns its own loss).
+    """
+    weights = {name: model.get_submodule(name).weight for name in names}
+    flags = {name: w.requires_grad for name, w in weights.items()}
+    sums = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    was_training = model.training
+    model.eval()  # no dropout: the gradient of the model that will be compressed
+    device = next(model.parameters()).device
+    try:
+        for weight in weights.values():
+            weight.requires_grad_(True)
+        for batch in batches:
+            if "labels" not in batch:
+                raise ConfigError("calibration.sensitivity=true: the calibration batches carry no labels")
+            model.zero_grad(set_to_none=True)
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            for name, weight in weights.items():
+                sums[name] += weight.grad.float().square()
+    finally:
+        model.zero_grad(set_to_none=True)
+        for name, weight in weights.items():
+            weight.requires_grad_(flags[name])
+        model.train(was_training)
+    return {name: total / max(len(batches), 1) for name, total in sums.items()}
+
+
+def layer_options(linear: nn.Linear, fisher: torch.Tensor, cfg: SatenConfig, build, grid) -> list[dict]:
+    """``{"eps", "params", "cost"}`` of compressing ``linear`` at every ε of ``grid``.
+
+    ``build(eps)`` returns the compressed layer (a :class:`saten.layers.SatenLinear`) at that ε.
+    """
+    from saten.accounting import layer_counts
+
+    weight = linear.weight.detach().float()
+    options, seen = [], {}
+    for eps in grid:
+        layer = build(eps)
+        key = (tuple(layer.ranks), layer.nnz)
+        if key in seen:  # same ranks as a smaller ε: the smaller ε is no worse
+            continue
+        with torch.no_grad():
+            error = weight - layer.weight.float()
+            cost = 0.5 * float((fisher * error.square()).sum())
+        seen[key] = eps
+        options.append({"eps": float(eps), "params": layer_counts(layer)["params"], "cost": cost})
+    return options
+
+
+def allocate(options: Mapping[str, list[dict]], dense: int, target: float) -> tuple[dict[str, dict], float]:
+    """Per-layer choice minimizing the summed cost with ``Σ params ≤ target·dense`` (Lagrangian bisection).
+
+    Returns the chosen option per layer and the reached ratio.
+    """
+    budget = target * dense
+
+    def pick(price: float) -> dict[str, dict]:
+        return {name: min(opts, key=lambda o: (o["cost"] + price * o["params"], o["params"]))
+                for name, opts in options.items()}
+
+    def params(choice):
+        return sum(o["params"] for o in choice.values())
+
+    cheapest = {name: min(opts, key=lambda o: o["params"]) for name, opts in options.items()}
+    if params(cheapest) > budget:
+        raise ConfigError(f"saten.target_ratio={target}: below the smallest ratio the ε grid reaches "
+                          f"({params(cheapest) / dense:.4f}); raise the target or lower saten.density")
+    lo, hi = 0.0, 1.0
+    while params(pick(hi)) > budget:
+        hi *= 4
+    if params(pick(lo)) <= budget:
+        hi = lo
+    for _ in range(60):  # invariant: pick(hi) fits, pick(lo) does not
+        if hi - lo <= 1e-12 * max(hi, 1e-30):
+            break
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if params(pick(mid)) <= budget else (mid, hi)
+    choice = pick(hi)
+    return choice, params(choice) / dense
+
+
+def sensitivity_overrides(
+    model: nn.Module, names: list[str], cfg: SatenConfig, batches, build_for, grid=None
+) -> tuple[dict, dict]:
+    """``saten.overrides`` with a per-layer ε for ``cfg.target_ratio``, and the record of the allocation.
+
+    ``build_for(name, eps)`` compresses the layer ``name`` at ``eps`` (with the run's shape, density and
+    scales).
+    """
+    if cfg.target_ratio is None:
+        raise ConfigError("calibration.sensitivity=true: needs saten.target_ratio (e.g. 0.33) to allocate")
+    grid = grid or [round(0.2 + 0.05 * i, 3) for i in range(21)]  # ε from 0.2 to 1.2
+    fisher = fisher_diagonals(model, names, batches)
+    options, dense = {}, 0
+    for name in names:
+        linear = model.get_submodule(name)
+        options[name] = layer_options(linear, fisher[name], cfg, lambda eps, n=name: build_for(n, eps), grid)
+        dense += linear.weight.numel() + (linear.bias.numel() if linear.bias is not None else 0)
+    choice, ratio = allocate(options, dense, float(cfg.target_ratio))
+    overrides = {re.escape(name): {"eps": opt["eps"]} for name, opt in choice.items()}
+    eps_values = [opt["eps"] for opt in choice.values()]
+    record = {"target_ratio": float(cfg.target_ratio), "ratio": ratio,
+              "relative_miss": ratio / cfg.target_ratio - 1, "allocation": "sensitivity",
+              "eps_min": min(eps_values), "eps_max": max(eps_values),
+              "eps_mean": sum(eps_values) / len(eps_values),
+              "predicted_cost": sum(opt["cost"] for opt in choice.values()), "grid_points": len(grid)}
+    if not math.isfinite(record["predicted_cost"]):
+        raise ConfigError("calibration.sensitivity=true: the Fisher estimate is not finite; check the data")
+    log.info("sensitivity budget %.4g: eps %.3g..%.3g -> targeted ratio %.4f", cfg.target_ratio,
+             record["eps_min"], record["eps_max"], ratio)
+    return overrides, record
