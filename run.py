@@ -17,6 +17,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from saten.failure import report_config_error, run_job, sweep_failed  # noqa: E402
+from saten.train import register_resolvers  # noqa: E402
+
+register_resolvers()  # run dirs use ${run_tag:...}; Hydra resolves them before main() runs
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -27,10 +30,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from saten.validate import check_group_choices
+    from saten.validate import check_group_choices, check_overrides
 
     try:
         check_group_choices(sys.argv[1:], CONF_DIR)
+        check_overrides(sys.argv[1:], CONF_DIR)
     except Exception as error:
         report_config_error(error)
     main()

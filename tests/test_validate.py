@@ -134,6 +134,26 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
                         conf)
 
 
+@pytest.mark.parametrize(("argv", "start"), [
+    (["saten.densty=0.1"], "saten.densty=0.1: no such key in the config; "),
+    (["-m", "saten.densty=0.1,0.2", "task=mrpc,rte"], "saten.densty=0.1,0.2: no such key"),
+    (["+saten.eps=3"], "+saten.eps=3: saten.eps already exists; drop the +"),
+    (["~saten.nothing"], "~saten.nothing: saten.nothing does not exist"),
+    (["-m", "experiment=mrpc_lr_optuna", "optim.lr=interval(1e-5,1e-3)"], None),
+    (["-m", "hydra/launcher=slurm", "saten.density=range(0.1,0.3,0.1)", "+foo=1", "~tags"], None),
+])
+def test_unknown_keys_are_one_line(argv, start):
+    from saten.validate import check_overrides
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    if start is None:
+        check_overrides(argv, conf)
+        return
+    with pytest.raises(ConfigError) as info:
+        check_overrides(argv, conf)
+    assert str(info.value).startswith(start) and ONE_LINE.match(str(info.value))
+
+
 def test_run_py_exits_2_with_one_line_and_no_traceback(tmp_path):
     result = run_py(["model=minilmx", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]

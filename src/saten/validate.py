@@ -1,7 +1,7 @@
 """Up-front checks of a run config, before any weights are loaded: a typo costs a second, not an hour.
 
-- :func:`check_group_choices` runs on the command line, before Hydra composes: ``task=mrpcx`` names the
-  valid files of ``conf/task/``.
+- :func:`check_group_choices` and :func:`check_overrides` run on the command line, before Hydra composes:
+  ``task=mrpcx`` names the valid files of ``conf/task/``; ``saten.densty=0.1`` is an unknown key.
 - :func:`check_config` checks the pipeline's own keys (seed, train / ckpt_path, optim, saten, tt_shape, task).
 - :func:`check_model_plan` builds the model empty on the meta device (layer names and shapes from its
   config, no weights) and checks what compression will do to it: targets that match no Linear, an N:M
@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from saten.errors import ConfigError
 
-__all__ = ["check_config", "check_group_choices", "check_model_plan", "empty_model"]
+__all__ = ["check_config", "check_group_choices", "check_model_plan", "check_overrides", "empty_model"]
 
 # command-line groups whose files are not under conf/ (Hydra's own, plugins)
 _SKIP_GROUPS = {"hydra", "local"}
@@ -52,6 +52,60 @@ def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
             if name not in options:
                 raise ConfigError(f"{key}={name}: no such {key} (no conf/{key}/{name}.yaml); choose one of "
                                   f"{', '.join(options)}")
+
+
+def check_overrides(argv: Sequence[str], conf_dir: str | Path, config_name: str = "config") -> None:
+    """Compose the config once (first value of each sweep) to turn Hydra's key errors into one line.
+
+    An unknown key (``saten.densty=0.1``), a ``+key`` that exists and a ``~key`` that does not raise a
+    :class:`ConfigError`; any other composition problem is left to Hydra's own report.
+    """
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    own_config = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+    if any(a.startswith(own_config) for a in argv):
+        return
+    given = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
+        return
+    overrides = [_first_value(o) for o in parsed]
+    overrides = [o for o in overrides if o is not None]
+    if GlobalHydra.instance().is_initialized():
+        return
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except ConfigCompositionException as error:
+        message = str(error)
+        quoted = re.search(r"'([^']+)'", message)
+        key = quoted.group(1) if quoted else ""
+        arg = next((a for a in given if a.lstrip("+~").split("=", 1)[0] == key), key)
+        if message.startswith("Could not override"):
+            raise ConfigError(f"{arg}: no such key in the config; fix the spelling (the README lists every "
+                              f"key), or add a new key with +{arg}") from None
+        if message.startswith("Could not append"):
+            raise ConfigError(f"{arg}: {key} already exists; drop the + ({arg.lstrip('+')})") from None
+        if message.startswith("Could not delete"):
+            raise ConfigError(f"{arg}: {key} does not exist, nothing to delete; fix the spelling") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _first_value(override) -> str | None:
+    """An override as text, a sweep reduced to its first value (None for intervals: Optuna's to choose)."""
+    if not override.is_sweep_override():
+        return override.input_line
+    try:
+        return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+    except Exception:  # noqa: BLE001 - interval sweeps cannot be enumerated
+        return None
 
 
 def check_config(cfg: DictConfig) -> None:
