@@ -30,10 +30,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from saten.validate import check_group_choices
+    from saten.validate import check_group_choices, check_overrides
 
     try:
         check_group_choices(sys.argv[1:], CONF_DIR)
+        check_overrides(sys.argv[1:], CONF_DIR)
     except Exception as error:
         report_config_error(error)
     main()
