@@ -13,6 +13,8 @@ from saten.models import load_model
 from saten.shape_search import candidates, layer_types, main, score, search
 from saten.tt import TTShape
 
+GRID = (0.01, 0.1, 0.5, 0.85, 1.0)  # down to the noise level of the synthetic matrices
+
 
 def kronecker_matrix(seed: int = 0) -> torch.Tensor:
     """64x64 sum of two Kronecker products + small noise: TT-matrix rank 2 in the (8x8)x(8x8) layout, but
@@ -25,8 +27,8 @@ def kronecker_matrix(seed: int = 0) -> torch.Tensor:
 def test_proxy_ranks_the_true_structure_first():
     a = kronecker_matrix()
     budget = 300  # parameters: enough for rank-2 TT-matrix cores (2*(64+64)), far too few for plain
-    good, _ = score(a, TTShape((8, 8), (8, 8), "matrix"), budget)
-    bad, _ = score(a, TTShape((8, 8), (8, 8), "plain"), budget)
+    good, _ = score(a, TTShape((8, 8), (8, 8), "matrix"), budget, GRID)
+    bad, _ = score(a, TTShape((8, 8), (8, 8), "plain"), budget, GRID)
     assert good < 0.05 < 0.5 < bad
 
 
@@ -35,7 +37,7 @@ def test_search_on_layers_puts_the_matching_shape_on_top():
                                                    for _ in range(2)])})
     for k, block in enumerate(model["layer"]):
         block["dense"].weight.data = kronecker_matrix(k).T.contiguous()  # A = Wᵀ is the Kronecker matrix
-    rows, points = search(model, ["layer.0.dense", "layer.1.dense"], layers_per_type=0)
+    rows, points = search(model, ["layer.0.dense", "layer.1.dense"], layers_per_type=0, eps_grid=GRID)
     best = rows[0]  # (8x8)x(8x8), or its refinement (8x8)x(4x4)x(2x2): both keep the Kronecker split
     assert (best["layout"], best["in_factors"][0], best["out_factors"][0]) == ("matrix", 8, 8)
     assert best["layers"] == 2 and best["score"] < 0.05

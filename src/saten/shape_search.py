@@ -27,7 +27,8 @@ from saten.tt import TTShape, balanced_factors, ordered_factorizations, tt_svd_m
 
 __all__ = ["Candidate", "candidates", "curve", "error_at", "layer_types", "score", "search"]
 
-EPS_GRID = (0.3, 0.5, 0.7, 0.85, 1.0, 1.3)
+# around the reference ε 0.85: enough to interpolate at the budget; widen (--eps-grid) for fuller plots
+EPS_GRID = (0.7, 0.85, 1.0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers-per-type", type=int, default=1, help="layers scored per type (0 = all)")
     parser.add_argument("--eps", type=float, default=0.85, help="ε at which the reference sets the budget")
+    parser.add_argument("--eps-grid", type=float, nargs="+", default=list(EPS_GRID),
+                        help="ε values of each candidate's (params, error) curve")
     parser.add_argument("--top", type=int, default=2, help="proxy configs written per layout")
     parser.add_argument("--out", type=Path, default=Path("results/shape_search"))
     parser.add_argument("--conf", type=Path, default=Path("conf/tt_shape"), help="where proxy configs go")
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with torch.no_grad():
-        rows, points = search(model, names, args.layers_per_type, args.eps)
+        rows, points = search(model, names, args.layers_per_type, args.eps, tuple(args.eps_grid))
     command = "python -m saten.shape_search " + " ".join(sys.argv[1:] if argv is None else argv)
     for path in write_outputs(str(cfg.model.name), rows, points, args, command):
         print(f"wrote {path}")
