@@ -131,3 +131,12 @@ def test_config_error_exits_2_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors[-1].startswith("error: optim.lr=-1: ")
     assert "Traceback" not in result.stderr and sum(line.startswith("error:") for line in errors) == 1
+
+
+def test_default_run_dir_names_task_and_method(mini_glue, tmp_path):
+    """No hydra.run.dir: the run dir comes from the ${run_tag:...} resolver (runs/<task>/<tag>/<time>)."""
+    result = run_py([*shrink_overrides(mini_glue, "mrpc", "saten_u"), "trainer.fast_dev_run=1",
+                     f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = list((tmp_path / "runs" / "mrpc").glob("saten_u_*/*/summary.json"))
+    assert len(summaries) == 1, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
