@@ -159,6 +159,13 @@ def test_run_py_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith("error: model=minilmx: no such model"), lines
+    # after Hydra composed: the default run dir (its ${run_tag:...} resolver) and a check at run time
+    result = run_py(tiny(write_mrpc(tmp_path / "glue"), "saten.targets=nothing", f"paths.log_dir={tmp_path}"),
+                    cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: saten.targets=nothing: matches no")
+    (run_dir,) = tmp_path.glob("runs/mrpc/saten_u_d0.1_e0.85/*/.hydra")
+    assert not (run_dir.parent / "config.yaml").exists()  # stopped before writing anything of its own
 
 
 def test_saten_debug_shows_the_traceback(tmp_path):
