@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_pipeline import compose_config
 from test_run import run_py
 from test_validate import tiny, write_mrpc
 
@@ -28,3 +29,17 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     assert ddp["global_step"] == one["global_step"] == 2 * 256 // 16
     assert ddp["val/loss"] == pytest.approx(one["val/loss"], abs=0.05)
     assert ddp["val/accuracy"] == pytest.approx(one["val/accuracy"], abs=0.15)
+
+
+def test_fsdp_config_builds_lightning_fsdp_strategy(tmp_path):
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch import nn
+
+    cfg = compose_config(["trainer=fsdp"], tmp_path)
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and cfg.trainer.precision == "bf16-mixed"
+    assert strategy.kwargs["use_orig_params"] and strategy._state_dict_type == "full"
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert policy(nn.Linear(2048, 1024), recurse=False, nonwrapped_numel=2048 * 1024 + 1024)
+    assert not policy(nn.Linear(8, 8), recurse=False, nonwrapped_numel=72)

@@ -198,6 +198,7 @@ class RunSummary(Callback):
         """The summary dict (see the module docstring)."""
         hparams = pl_module.hparams
         summary = compression_summary(compression_report(pl_module))
+        summary["status"] = "completed"  # a failed multirun job: "failed" (saten.failure)
         summary.update({"task": hparams.task["name"], "model": hparams.model.get("name"),
                         "seed": self.seed, "metric": getattr(pl_module, "metric_name", None),
                         "trained": self.trained, "epochs": trainer.current_epoch if self.trained else 0,
