@@ -137,3 +137,23 @@ def test_target_ratio_counts_the_scales_of_an_activation_aware_model(tiny_llama_
     reached = model_report(model)["total"]["ratio"]
     assert abs(reached / 0.4 - 1) <= 0.01
     assert model.saten_info["budget"]["ratio"] == pytest.approx(reached, rel=1e-9)
+
+
+def test_activation_aware_layers_reload_from_their_state_dict(tiny_llama_cfg):
+    """A model rebuilt without calibration data takes its structure (and scales) from the saved state."""
+    from saten import compress
+    from saten.calibration import calibrated_scales
+    from saten.models import load_model
+    from saten.reload import load_state_exact
+
+    torch.manual_seed(0)
+    saten = {"method": "saten", "eps": 0.5, "density": 0.1, "sparsity": "unstructured"}
+    trained = load_model(tiny_llama_cfg, head="causal_lm")
+    ids = torch.randint(0, 100, (2, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    compress(trained, saten, channel_scales=calibrated_scales(trained, saten, {"samples": 2}, [batch]))
+    torch.manual_seed(0)
+    rebuilt = load_model(tiny_llama_cfg, head="causal_lm")
+    compress(rebuilt, saten)  # no scales: a plain structure
+    load_state_exact(rebuilt, trained.state_dict())
+    torch.testing.assert_close(rebuilt(**batch).logits, trained(**batch).logits)

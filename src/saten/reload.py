@@ -38,6 +38,8 @@ def saved_spec(layer: nn.Module, state: Mapping[str, torch.Tensor], key: str) ->
                           f"shape {layer.shape.as_list()}; use the run's tt_shape")
     spec["ranks"] = [1] + [int(c.shape[2]) for c in cores]
     spec["nnz"] = int(state[f"{key}values"].numel())
+    if isinstance(layer, SatenLinear):  # activation-aware layers carry their input scales
+        spec["input_scale"] = f"{key}input_scale" in state
     return spec
 
 
