@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from saten.errors import ConfigError
 
-__all__ = ["record_failure", "report_config_error", "run_job", "sweep_failed"]
+__all__ = ["FailedJobs", "record_failure", "report_config_error", "run_job", "sweep_failed"]
 
 log = logging.getLogger(__name__)
 TRACEBACK_FILE = "traceback.txt"
@@ -111,5 +111,33 @@ def record_failure(job_dir: Path, error: BaseException, cfg: DictConfig | None =
 
 
 def sweep_failed() -> bool:
-    """True when a multirun job of this process failed (``run.py`` then exits 1)."""
+    """True when a multirun job failed (``run.py`` then exits 1).
+
+    Jobs of the basic launcher run in this process and add themselves; other launchers (joblib, submitit)
+    run jobs elsewhere, and :class:`FailedJobs` collects their ``summary.json`` files at the sweep's end.
+    """
     return bool(FAILED)
+
+
+try:  # the Hydra callback API (hydra-core >= 1.1)
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class FailedJobs(_HydraCallback):
+    """Hydra callback (``hydra.callbacks.failed_jobs._target_=saten.failure.FailedJobs``): after a multirun,
+    find the jobs whose ``summary.json`` says ``status: failed`` under the sweep dir, so that ``run.py`` exits
+    1 whichever launcher ran them."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        for summary in sorted(sweep_dir.glob("**/summary.json")):
+            try:
+                failed = json.loads(summary.read_text()).get("status") == "failed"
+            except (OSError, ValueError):
+                continue
+            if failed and summary.parent not in FAILED:
+                FAILED.append(summary.parent)
+        if FAILED:
+            log.error("%d job(s) of the sweep failed: %s", len(FAILED), ", ".join(p.name for p in FAILED))
