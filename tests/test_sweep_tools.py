@@ -33,7 +33,7 @@ def sweep(tmp_path_factory, mini_glue):
 def test_tables_from_a_tiny_multirun(sweep):
     assert tables.main([str(sweep / "logs"), "--out", str(sweep / "tables")]) == 0
     rows = list(csv.DictReader(open(sweep / "tables" / "runs.csv")))
-    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok"]
+    assert len(rows) == 3 and [r["status"] for r in rows].count("failed") == 1
     paper = (sweep / "tables" / "paper_table.md").read_text()
     body = [line for line in paper.splitlines() if line.startswith("| saten(u)")]
     assert len(body) == 2 and all("(1)" in line for line in body)  # one seed per density
