@@ -60,7 +60,8 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _setting(row: dict) -> str:
-    parts = [f"ε {_fmt(row.get('eps'))}" if row.get("eps") not in (None, "") else "",
+    parts = [f"preset {row['method_preset']}" if row.get("method_preset") not in (None, "") else "",
+             f"ε {_fmt(row.get('eps'))}" if row.get("eps") not in (None, "") else "",
              f"d {_fmt(row.get('density'))}" if row.get("density") not in (None, "")
              and str(row.get("method")).startswith("saten") else "",
              f"r {_fmt(row.get('svd_ratio'))}" if row.get("svd_ratio") not in (None, "") else "",
