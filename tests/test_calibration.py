@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from test_pipeline import compose_config, shrink_overrides
 from torch import nn
 
 from saten.calibration import activation_scales, input_channel_rms
+from saten.errors import ConfigError
 from saten.layers import SatenLinear
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning", "ignore:.*LeafSpec")
@@ -157,3 +159,17 @@ def test_activation_aware_layers_reload_from_their_state_dict(tiny_llama_cfg):
     compress(rebuilt, saten)  # no scales: a plain structure
     load_state_exact(rebuilt, trained.state_dict())
     torch.testing.assert_close(rebuilt(**batch).logits, trained(**batch).logits)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("calibration.samples=-3", "calibration.samples=-3"),
+    ("calibration.alpha=0", "calibration.alpha=0"),
+    ("calibration.sensitivity=true", "calibration.sensitivity=true: needs saten.target_ratio"),
+    ("saten=svd", "saten.method=svd"),
+])
+def test_bad_calibration_values_fail_before_any_model_loads(override, key, tmp_path):
+    from saten.validate import check_config
+
+    cfg = compose_config(["model=tiny_bert", "calibration=activation", override], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_config(cfg)

@@ -153,3 +153,30 @@ def plan_compression(model: nn.Module, saten: Mapping, tt_shape: Mapping | None,
 
     overrides, record = sensitivity_overrides(model, names, cfg, batches, build_for)
     return base.as_dict() | {"overrides": overrides}, scales, record
+
+
+def check_calibration_config(calibration: Mapping | None, saten: Mapping) -> None:
+    """One-line errors for bad ``calibration`` values (before any model is loaded)."""
+    from saten.errors import ConfigError
+
+    calibration = calibration or {}
+    samples = calibration.get("samples") or 0
+    if not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"calibration.samples={samples}: use a whole number of examples >= 0 (0 = off)")
+    alpha = calibration.get("alpha", 0.5)
+    if alpha is None or not 0 < float(alpha) <= 2:
+        raise ConfigError(f"calibration.alpha={alpha}: use a value in (0, 2]; 0.5 (ASVD) or 1.0 (Wanda)")
+    if samples == 0 and (calibration.get("activation_aware") or calibration.get("sensitivity")):
+        raise ConfigError("calibration.samples=0: activation_aware/sensitivity need calibration data; set "
+                          "calibration.samples=128")
+    method = saten.get("method")
+    if calibration.get("activation_aware") and samples and method == "svd":
+        raise ConfigError("calibration.activation_aware=true with saten.method=svd: activation-aware "
+                          "compression applies to saten and tt; use calibration=none for the SVD baseline")
+    if calibration.get("sensitivity") and samples:
+        if method not in ("saten", "tt"):
+            raise ConfigError(f"calibration.sensitivity=true with saten.method={method}: per-layer ε "
+                              f"applies to saten and tt; set calibration.sensitivity=false")
+        if saten.get("target_ratio") is None:
+            raise ConfigError("calibration.sensitivity=true: needs saten.target_ratio (e.g. 0.33) to "
+                              "allocate a per-layer ε")

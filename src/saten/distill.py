@@ -31,7 +31,7 @@ def distill_enabled(cfg: Mapping | None) -> bool:
     return bool(cfg.get("kd_weight") or cfg.get("hidden_weight"))
 
 
-def check_distill_config(cfg: Mapping | None) -> None:
+def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False) -> None:
     """One-line errors for bad ``distill`` values (before any model is loaded)."""
     if not distill_enabled(cfg):
         return
@@ -47,6 +47,9 @@ def check_distill_config(cfg: Mapping | None) -> None:
     if not teacher:
         raise ConfigError("distill.teacher=null: pass the run dir (or .ckpt) of a dense fine-tuned run of "
                           "the same task, e.g. distill.teacher=logs/runs/mrpc/dense/<time>")
+    if teacher_must_exist and not Path(str(teacher)).exists():
+        raise ConfigError(f"distill.teacher={teacher}: no such run dir or checkpoint; train the teacher "
+                          f"first (python run.py task=<task> saten=dense) and pass its run dir")
 
 
 def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
@@ -54,10 +57,8 @@ def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
     from saten.lit import load_run
     from saten.lit.classification import GlueClassifier
 
+    check_distill_config(cfg, teacher_must_exist=True)
     path = Path(str(cfg["teacher"]))
-    if not path.exists():
-        raise ConfigError(f"distill.teacher={path}: no such run dir or checkpoint; train the teacher first "
-                          f"(python run.py task=<task> saten=dense) and pass its run dir")
     if path.is_dir():
         module = load_run(path)
     else:

@@ -135,12 +135,16 @@ def check_config(cfg: DictConfig) -> None:
 
 def check_method_config(cfg: DictConfig) -> None:
     """Validate the saten, tt_shape, task and lora groups (values only; see :func:`check_model_plan`)."""
+    from saten.calibration import check_calibration_config
     from saten.config import SatenConfig, TTShapeConfig
+    from saten.distill import check_distill_config
     from saten.families import check_task_config
 
     SatenConfig.from_any(cfg.saten, warn=False)
     TTShapeConfig.from_any(cfg.tt_shape)
     check_task_config(cfg)
+    check_calibration_config(cfg.get("calibration"), cfg.saten)
+    check_distill_config(cfg.get("distill"), teacher_must_exist=True)
 
 
 def empty_model(model_cfg: Mapping, task_cfg: Mapping) -> torch.nn.Module:
