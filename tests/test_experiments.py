@@ -39,7 +39,10 @@ def test_method_presets_read_the_measured_matched_ratios():
 
 @pytest.mark.parametrize("launcher, target", [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
 def test_launchers_compose(launcher, target):
-    assert compose([f"hydra/launcher={launcher}"]).hydra.launcher._target_.endswith(target)
+    hydra = compose([f"hydra/launcher={launcher}"]).hydra
+    assert hydra.launcher._target_.endswith(target)
+    # jobs run in fresh interpreters: the callback registers the config resolvers there
+    assert hydra.callbacks.saten_resolvers._target_ == "saten.launcher.RegisterResolvers"
 
 
 def test_metric_per_ratio_objective():
