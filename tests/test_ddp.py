@@ -14,8 +14,8 @@ from test_validate import tiny, write_mrpc
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
-    glue = write_mrpc(tmp_path / "glue", train=256, dev=64)
-    base = tiny(glue, "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", "optim.lr=1e-3",
+    glue = write_mrpc(tmp_path / "glue", train=512, dev=64)  # learnable within a few epochs
+    base = tiny(glue, "trainer.max_epochs=3", "trainer.num_sanity_val_steps=0", "optim.lr=3e-3",
                 "data.batch_size=16")
     summaries = {}
     for name, extra in (("one", ["trainer=cpu"]),
@@ -26,9 +26,11 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     one, ddp = summaries["one"], summaries["ddp"]
     assert ddp["params"] == one["params"] and ddp["ratio"] == one["ratio"]
-    assert ddp["global_step"] == one["global_step"] == 2 * 256 // 16
-    assert ddp["val/loss"] == pytest.approx(one["val/loss"], abs=0.05)
-    assert ddp["val/accuracy"] == pytest.approx(one["val/accuracy"], abs=0.15)
+    assert ddp["global_step"] == one["global_step"] == 3 * 512 // 16
+    # both learn the task (chance: accuracy 0.5, loss 0.69); the data order and dropout differ, so not equal
+    assert one["val/accuracy"] >= 0.9 and ddp["val/accuracy"] >= 0.9
+    assert one["val/loss"] < 0.55 and ddp["val/loss"] < 0.55  # of the best epoch (first to reach F1 1.0)
+    assert ddp["val/loss"] == pytest.approx(one["val/loss"], abs=0.1)
 
 
 def test_fsdp_config_builds_lightning_fsdp_strategy(tmp_path):

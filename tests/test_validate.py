@@ -25,10 +25,11 @@ def write_mrpc(root: Path, train: int = 32, dev: int = 16, seed: int = 0) -> Pat
     (root / "MRPC").mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.tsv", train), ("dev.tsv", dev)):
         lines = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
-        for i in range(rows):
+        for i in range(rows):  # learnable: a paraphrase repeats the sentence and says "same"
+            label = rng.randint(0, 1)
             one = " ".join(rng.choices(WORDS, k=8))
-            two = one if i % 2 else " ".join(rng.choices(WORDS, k=8))
-            lines.append(f"{i % 2}\t{i}\t{i + 1000}\t{one}\t{two}")
+            two = f"same {one}" if label else f"other {' '.join(rng.choices(WORDS, k=8))}"
+            lines.append(f"{label}\t{i}\t{i + 1000}\t{one}\t{two}")
         (root / "MRPC" / name).write_text("\n".join(lines) + "\n")
     return root
 
