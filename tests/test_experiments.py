@@ -43,6 +43,7 @@ def test_launchers_compose(launcher, target):
     assert hydra.launcher._target_.endswith(target)
     # jobs run in fresh interpreters: the callback registers the config resolvers there
     assert hydra.callbacks.saten_resolvers._target_ == "saten.launcher.RegisterResolvers"
+    assert hydra.callbacks.saten_failed_jobs._target_ == "saten.failure.FailedJobs"  # failed jobs -> exit 1
 
 
 def test_metric_per_ratio_objective():

@@ -23,9 +23,9 @@ def sweep(tmp_path_factory, mini_glue):
             "trainer.enable_model_summary=false", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
             f"paths.log_dir={root / 'logs'}"]
     result = run_py(args, cwd=root)
-    # density 1.5 fails (recorded in its summary.json); the other two jobs finish
-    assert "ConfigError: saten.density=1.5" in result.stderr and result.stderr.count("failed:") == 1, (
-        result.stderr[-3000:])
+    # density 1.5 fails (recorded in its summary.json, the sweep exits 1); the other two jobs finish
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ConfigError: saten.density=1.5" in result.stderr and result.stderr.count("failed:") == 1
     return root
 
 
