@@ -3,6 +3,7 @@ job is listed, the W&B aggregate run is written offline. The multirun takes ~25 
 the committed MRPC runs is the fast check."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,23 @@ def test_shape_select_from_a_tiny_shape_sweep(tmp_path, mini_glue, monkeypatch):
     picked = OmegaConf.load(tmp_path / "conf" / "picked.yaml")
     assert picked.in_order in (2, 3) and picked.layout == "plain"
     assert list((tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.slow
+def test_shape_optuna_runs_trials_and_maximizes_metric_per_ratio(tmp_path, mini_glue):
+    args = ["-m", "experiment=shape_optuna", "model=tiny_bert", "hydra.sweeper.n_trials=2",
+            "tt_shape=choice(balanced,order3)", f"data.glue_dir={mini_glue}", "data.train_limit=16",
+            "task.metric=accuracy",
+            "data.eval_limit=16", "data.batch_size=8", "data.cache_dir=null", "trainer.limit_train_batches=1",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = run_py(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert set(best.best_params) == {"tt_shape", "saten.eps", "saten.density"}
+    assert 0.6 <= best.best_params["saten.eps"] <= 1.0 and best.best_value >= 0
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
+    assert len(summaries) == 2  # the objective is the metric per model ratio, maximized
+    assert best.best_value == pytest.approx(max(s["best/accuracy"] / s["model_ratio"] for s in summaries))
+    assert best.best_value > 0
