@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_pipeline import compose_config, shrink_overrides
+from test_pipeline import ONE_STEP, compose_config, shrink_overrides
 from torch import nn
 
 from saten.calibration import activation_scales, input_channel_rms
@@ -113,14 +113,19 @@ def test_compress_with_calibration_on_tiny_llama(tiny_llama_cfg):
 
 
 def test_pipeline_with_calibration_trains_one_batch(mini_glue, tmp_path):
+    from saten.lit import load_run
     from saten.train import run
 
     overrides = [*shrink_overrides(mini_glue, "mrpc", "saten_u"), "calibration=activation",
-                 "calibration.samples=8", "trainer.fast_dev_run=1"]
+                 "calibration.samples=8", *ONE_STEP]
     summary = run(compose_config(overrides, tmp_path))
     assert math.isfinite(summary["best/f1"])
     layers = json.loads((tmp_path / "report.json").read_text())["layers"]
     assert layers and all(row["activation_aware"] for row in layers)
+    # the saved run reloads with its scales although a rebuild has no calibration data
+    module = load_run(tmp_path)
+    scaled = [m for m in module.model.modules() if getattr(m, "input_scale", None) is not None]
+    assert len(scaled) == len(layers)
 
 
 def test_target_ratio_counts_the_scales_of_an_activation_aware_model(tiny_llama_cfg):

@@ -239,7 +239,9 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> GlueClassifier:
     GlueClassifier
         In eval mode, ``module.run_config`` holds the run's config.
     """
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
+
+    from saten.reload import match_state
 
     run_dir = Path(run_dir)
     for name in (CONFIG_FILE, MODEL_FILE):
@@ -250,6 +252,8 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> GlueClassifier:
     with torch.random.fork_rng():  # a random-init (tiny) model must get the run's init, hence its TT ranks
         torch.manual_seed(int(cfg.get("seed") or 0))
         module = build_module(cfg)
+    # a fresh compression may give other ranks (another device, library version): the saved ones win
+    match_state(module.model, load_file(str(run_dir / MODEL_FILE)))
     load_model(module.model, str(run_dir / MODEL_FILE), strict=True, device=map_location)
     module.run_config = cfg
     return module.eval()
