@@ -39,12 +39,16 @@ def shape_pareto(points: list[dict], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
     for ax, kind in zip(axes.flat, types):
         mine = [p for p in points if p["type"] == kind]
-        for label in dict.fromkeys(p["candidate"] for p in mine):
-            pts = sorted((p for p in mine if p["candidate"] == label), key=lambda p: p["ratio"])
+        for c, label in enumerate(dict.fromkeys(p["candidate"] for p in mine)):
             ref = label == "o2_plain_balanced"
-            style = dict(color="black", label="reference", markersize=9, linewidth=1) if ref else dict(
-                alpha=0.5, markersize=5, linewidth=0)
-            ax.plot([p["ratio"] for p in pts], [p["error"] for p in pts], "*-" if ref else ".", **style)
+            for k, layer in enumerate(dict.fromkeys(p["layer"] for p in mine if p["candidate"] == label)):
+                pts = sorted((p for p in mine if p["candidate"] == label and p["layer"] == layer),
+                             key=lambda p: p["ratio"])
+                if ref:  # one line per scored layer
+                    style = dict(color="black", label=None if k else "reference", markersize=9, linewidth=1)
+                else:
+                    style = dict(alpha=0.5, markersize=5, linewidth=0, color=f"C{c % 10}")
+                ax.plot([p["ratio"] for p in pts], [p["error"] for p in pts], "*-" if ref else ".", **style)
         front = pareto_front(mine, lambda p: p["ratio"], lambda p: p["error"])
         ax.step([p["ratio"] for p in front], [p["error"] for p in front], where="post", color="red",
                 label="Pareto front")
