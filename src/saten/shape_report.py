@@ -30,30 +30,36 @@ def markdown(model: str, rows: list[dict], command: str, ref_eps: float, top: in
     lines = [f"# TT-shape proxy, {model}", "", *provenance_lines(command), "",
              f"Score = relative TT error ‖W − TT‖/‖W‖ at the parameter count the reference shape (balanced, "
              f"plain, 2+2) reaches at ε {ref_eps}, interpolated on each candidate's (params, error) curve "
-             f"over ε; mean over the scored layers of the type. Lower is better; no training involved.", ""]
+             f"over ε; mean over the scored layers of the type. Lower is better; no training involved. "
+             f"MACs vs reference: MACs per token of the TT part at the candidate's grid point nearest the "
+             f"budget over the reference's (the interleaved `matrix` layout contracts core by core and can "
+             f"cost far more).", ""]
     for kind in dict.fromkeys(r["type"] for r in rows):
         mine = [r for r in rows if r["type"] == kind]
         ref = next(r for r in mine if r["is_reference"])
         lines += [f"## {_short(kind)} ({mine[0]['in']}→{mine[0]['out']}, {mine[0]['layers']} layer(s), "
                   f"budget {ref['budget_params']:,.0f} params)", "",
-                  "| rank | candidate | layout | in factors | out factors | error at budget | vs reference |",
-                  "|---:|---|---|---|---|---:|---:|"]
+                  "| rank | candidate | layout | in factors | out factors | error at budget | vs reference "
+                  "| MACs vs reference |", "|---:|---|---|---|---|---:|---:|---:|"]
         for r in [*mine[:top], *([ref] if ref["rank"] > top else [])]:
             lines.append(f"| {r['rank']} | {r['candidate']}{' (reference)' if r['is_reference'] else ''} "
                          f"| {r['layout']} | {r['in_factors']} | {r['out_factors']} | {r['score']:.4f} "
-                         f"| {r['score'] - ref['score']:+.4f} |")
+                         f"| {r['score'] - ref['score']:+.4f} | {r['macs_vs_reference']:.2f}x |")
         lines.append("")
     return "\n".join(lines)
 
 
-def proxy_configs(model: str, rows: list[dict], top: int, command: str) -> dict[str, str]:
-    """``{file name: YAML}``: per layout, the k-th best shape of every layer type (k = 1..top)."""
+def proxy_configs(model: str, rows: list[dict], top: int, command: str, max_macs: float | None = None
+                  ) -> dict[str, str]:
+    """``{file name: YAML}``: per layout, the k-th best shape of every layer type (k = 1..top), among the
+    candidates with at most ``max_macs`` times the reference's MACs per token (all when ``None``)."""
     out = {}
     for layout in ("plain", "matrix"):
         for k in range(1, top + 1):
             shapes = {}
             for kind in dict.fromkeys(r["type"] for r in rows):
-                ranked = [r for r in rows if r["type"] == kind and r["layout"] == layout]
+                ranked = [r for r in rows if r["type"] == kind and r["layout"] == layout
+                          and (max_macs is None or r["macs_vs_reference"] <= max_macs)]
                 if len(ranked) >= k:
                     shapes[kind] = [ranked[k - 1]["in_factors"], ranked[k - 1]["out_factors"]]
             body = "\n".join(f"  '{kind}': {factors}" for kind, factors in shapes.items())
@@ -80,7 +86,7 @@ def write_outputs(model: str, rows: list[dict], points: list[dict], args, comman
                                 f"{model}: TT error vs parameters per shape candidate (ε grid)"))
     conf = Path(args.conf)
     conf.mkdir(parents=True, exist_ok=True)
-    for name, text in proxy_configs(model, rows, args.top, command).items():
+    for name, text in proxy_configs(model, rows, args.top, command, args.max_macs).items():
         (conf / name).write_text(text)
         written.append(conf / name)
     return written

@@ -19,13 +19,14 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from saten.tt import TTShape, balanced_factors, ordered_factorizations, tt_svd_matrix, tt_to_matrix
 
-__all__ = ["Candidate", "candidates", "curve", "error_at", "layer_types", "score", "search"]
+__all__ = ["Candidate", "candidates", "curve", "error_at", "layer_types", "macs_at", "score", "search"]
 
 # around the reference ε 0.85: enough to interpolate at the budget; widen (--eps-grid) for fuller plots
 EPS_GRID = (0.7, 0.85, 1.0)
@@ -66,21 +67,24 @@ def candidates(n_in: int, n_out: int, orders: tuple[int, ...] = (2, 3)) -> list[
     return list(out.values())
 
 
-def curve(a: torch.Tensor, shape: TTShape, eps_grid=EPS_GRID) -> list[tuple[float, int, float]]:
-    """``(eps, params, relative error)`` of the TT part of ``a`` (``(N, M) = Wᵀ``) at each ε."""
+def curve(a: torch.Tensor, shape: TTShape, eps_grid=EPS_GRID) -> list[tuple[float, int, float, int]]:
+    """``(eps, params, relative error, MACs per token)`` of the TT part of ``a`` (``(N, M) = Wᵀ``) per ε."""
+    from saten.accounting import _tt_macs  # the report's MAC count; it reads only .shape and .ranks
+
     norm = torch.linalg.vector_norm(a).item()
     points = []
     for eps in eps_grid:
         cores = tt_svd_matrix(a, shape, eps)
         error = torch.linalg.vector_norm(a - tt_to_matrix(cores, shape)).item() / norm
-        points.append((eps, sum(c.numel() for c in cores), error))
+        macs = _tt_macs(SimpleNamespace(shape=shape, ranks=[1] + [c.shape[2] for c in cores]))
+        points.append((eps, sum(c.numel() for c in cores), error, macs))
     return points
 
 
 def error_at(points: list[tuple[float, int, float]], budget: float) -> float:
     """Error of the (params, error) curve at ``budget`` parameters: log-linear interpolation of the lower
     envelope; 1.0 (nothing kept) when every point needs more parameters than the budget."""
-    pairs = sorted((p, e) for _, p, e in points)
+    pairs = sorted((p, e) for _, p, e, *_ in points)
     if budget < pairs[0][0]:
         return 1.0
     envelope, best = [], math.inf
@@ -89,6 +93,11 @@ def error_at(points: list[tuple[float, int, float]], budget: float) -> float:
         envelope.append((math.log(params), best))
     xs, ys = zip(*envelope)
     return float(np.interp(math.log(budget), xs, ys))
+
+
+def macs_at(points: list[tuple], budget: float) -> int:
+    """MACs per token of the curve's point nearest to ``budget`` parameters (in log scale)."""
+    return min(points, key=lambda pt: abs(math.log(pt[1] / budget)))[3]
 
 
 def score(a: torch.Tensor, shape: TTShape, budget: float, eps_grid=EPS_GRID) -> tuple[float, list]:
@@ -129,19 +138,22 @@ def search(model, names: list[str], layers_per_type: int = 1, ref_eps: float = 0
         weights = [model.get_submodule(n).weight.detach().float().T.contiguous() for n in chosen]
         n_in, n_out = weights[0].shape
         reference = TTShape(balanced_factors(n_in, 2), balanced_factors(n_out, 2))
-        budgets = [curve(a, reference, (ref_eps,))[0][1] for a in weights]
+        ref_points = [curve(a, reference, (ref_eps,))[0] for a in weights]
+        budgets = [pt[1] for pt in ref_points]
         found = []
         for cand in candidates(n_in, n_out, orders):
-            errors = []
-            for name, a, budget in zip(chosen, weights, budgets):
+            errors, macs = [], []
+            for name, a, budget, ref in zip(chosen, weights, budgets, ref_points):
                 err, pts = score(a, cand.shape, budget, eps_grid)
                 errors.append(err)
+                macs.append(macs_at(pts, budget) / ref[3])
                 points += [{"type": pattern, "candidate": cand.label, "layer": name, "eps": e, "params": p,
-                            "ratio": p / a.numel(), "error": r} for e, p, r in pts]
+                            "ratio": p / a.numel(), "error": r, "macs": m} for e, p, r, m in pts]
             found.append({"type": pattern, "in": n_in, "out": n_out, "candidate": cand.label,
                           "layout": cand.shape.layout, "in_factors": list(cand.shape.in_factors),
                           "out_factors": list(cand.shape.out_factors), "layers": len(chosen),
                           "budget_params": float(np.mean(budgets)), "score": float(np.mean(errors)),
+                          "macs_vs_reference": float(np.mean(macs)),
                           "is_reference": cand.shape == reference})
         found.sort(key=lambda r: r["score"])
         rows += [r | {"rank": k + 1} for k, r in enumerate(found)]
@@ -160,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps-grid", type=float, nargs="+", default=list(EPS_GRID),
                         help="ε values of each candidate's (params, error) curve")
     parser.add_argument("--top", type=int, default=2, help="proxy configs written per layout")
+    parser.add_argument("--max-macs", type=float, default=None,
+                        help="proxy configs only from candidates with at most this many times the "
+                             "reference's MACs per token near the budget (e.g. 1.0)")
     parser.add_argument("--out", type=Path, default=Path("results/shape_search"))
     parser.add_argument("--conf", type=Path, default=Path("conf/tt_shape"), help="where proxy configs go")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
