@@ -33,3 +33,25 @@ def test_tiny_multirun_to_tables(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert tables.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_language_model_runs_show_protocol_and_test_perplexity(tmp_path):
+    """A train-free and a LoRA run of tiny_llama on WikiText-2: separate rows, test perplexity column."""
+    common = ["model=tiny_llama", "task=wikitext2", "logger=none", "data.context=32", "data.train_context=32",
+              "data.train_limit=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+              "trainer.num_sanity_val_steps=0", f"paths.log_dir={tmp_path / 'logs'}"]
+    free = run_py([*common, "trainer.max_epochs=0"], cwd=tmp_path)
+    assert free.returncode == 0, free.stderr[-3000:]
+    lora = run_py([*common, "lora=lora", "saten.freeze=true", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=1"], cwd=tmp_path)
+    assert lora.returncode == 0, lora.stderr[-3000:]
+    out = tmp_path / "results"
+    assert tables.main([str(tmp_path / "logs"), "--out", str(out)]) == 0
+    rows = {r["protocol"]: r for r in csv.DictReader(open(out / "runs.csv"))}
+    assert set(rows) == {"train-free", "lora"}
+    assert all(float(r["test/perplexity"]) > 1 for r in rows.values())
+    paper = (out / "paper_table.md").read_text()
+    assert "wikitext2 test perplexity" in paper
+    assert any("train-free" in line for line in paper.splitlines()) and any("lora" in line
+                                                                          for line in paper.splitlines())

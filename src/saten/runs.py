@@ -20,7 +20,8 @@ __all__ = ["collect", "failed", "finished", "main_metric", "mean_std", "method_l
            "write_csv"]
 
 TEXT_KEYS = ("task", "model", "method", "command", "job", "git", "cpu", "run_dir", "status", "error",
-             "saten_choice", "tt_shape", "method_preset", "metric", "sparsity")
+             "saten_choice", "tt_shape", "method_preset", "metric", "sparsity", "protocol", "calibration",
+             "distill")
 # the main metric per GLUE task (conf/task/*.yaml task.metric), for rows that lack config.yaml
 MAIN_METRIC = {"cola": "matthews", "stsb": "pearson", "mrpc": "f1", "qqp": "f1", "mnli": "accuracy_m",
                "wikitext2": "perplexity"}
@@ -52,6 +53,29 @@ def _load(path: Path, yaml: bool = False) -> dict:
     return json.loads(path.read_text())
 
 
+def _protocol(summary: dict, cfg: dict) -> str:
+    """``fine-tune``, ``lora`` (LoRA on the frozen compressed model) or ``train-free`` (evaluate only)."""
+    if (cfg.get("lora") or {}).get("enabled"):
+        return "lora"
+    trained = summary.get("trained")
+    return "train-free" if trained in (False, "False", "false") or summary.get("epochs") == 0 else "fine-tune"
+
+
+def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
+    """Short labels of the calibration and distillation switches (``None`` when off)."""
+    cal = cfg.get("calibration") or {}
+    parts = []
+    if cal.get("samples") and cal.get("activation_aware", True):
+        parts.append(f"activation-aware α {cal.get('alpha', 0.5)}")
+    if cal.get("samples") and cal.get("sensitivity"):
+        parts.append("sensitivity budget")
+    distill = cfg.get("distill") or {}
+    kd = None
+    if distill.get("kd_weight") or distill.get("hidden_weight"):
+        kd = f"kd {distill.get('kd_weight')} / hidden {distill.get('hidden_weight')}"
+    return (" + ".join(parts) or None), kd
+
+
 def read_run(run_dir: Path) -> dict:
     """One row: configuration, metrics, status and where it came from."""
     summary = _load(run_dir / "summary.json")
@@ -62,6 +86,7 @@ def read_run(run_dir: Path) -> dict:
     optim, saten, task = cfg.get("optim") or {}, cfg.get("saten") or {}, cfg.get("task") or {}
     summary.setdefault("embeddings", saten.get("embeddings"))
     summary.setdefault("nm", saten.get("nm"))
+    calibration, distill = _recipe_extras(cfg)
     row = {
         "task": summary.get("task") or task.get("name"),
         "model": summary.get("model") or (cfg.get("model") or {}).get("name"),
@@ -72,6 +97,9 @@ def read_run(run_dir: Path) -> dict:
         "method_preset": choices.get("method_preset"),
         "tt_shape": choices.get("tt_shape"),
         "metric": task.get("metric"),
+        "protocol": _protocol(summary, cfg),
+        "calibration": calibration,
+        "distill": distill,
         "eps": summary.get("eps"),
         "density": summary.get("density"),
         "svd_ratio": saten.get("svd_ratio"),
@@ -88,6 +116,10 @@ def read_run(run_dir: Path) -> dict:
         "seconds": summary.get("seconds"),
     }
     row.update({k: v for k, v in summary.items() if k.startswith("best/") and k != "best/epoch"})
+    # held-out test metrics (perplexity), and the final validation metric of runs that never trained
+    row.update({k: v for k, v in summary.items() if k.startswith("test/") and k != "test/tokens"})
+    if row["protocol"] == "train-free" or task.get("kind") == "lm":
+        row.update({k: v for k, v in summary.items() if k.startswith("val/") and k != "val/tokens"})
     row.update({
         "command": provenance.get("job_command") or provenance.get("command", ""),
         "job": run_dir.name,

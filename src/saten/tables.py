@@ -20,9 +20,10 @@ from pathlib import Path
 from saten.runs import collect, failed, finished, main_metric, mean_std, write_csv
 
 CONFIG_KEYS = ("task", "model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores",
-               "lr_sparse", "epochs")
+               "lr_sparse", "epochs", "protocol", "calibration", "distill")
 SETTING_KEYS = ("model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores", "lr_sparse",
-                "epochs")
+                "epochs", "protocol", "calibration", "distill")
+METRIC_PREFIXES = ("best/", "test/", "val/")
 PERCENT = ("f1", "accuracy", "matthews", "pearson", "spearmanr", "combined", "accuracy_m", "accuracy_mm")
 TASK_ORDER = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "wnli")
 
@@ -41,7 +42,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         first = runs[0]
         entry = {k: first.get(k) for k in CONFIG_KEYS} | {"seeds": len(runs)}
         entry |= {k: first.get(k) for k in ("ratio", "model_ratio", "params", "macs")}
-        for key in sorted({k for r in runs for k in r if k.startswith("best/") and k != "best/loss"}):
+        for key in sorted({k for r in runs for k in r if _is_metric(k)}):
             mean, std, n = mean_std(r.get(key) for r in runs)
             if n:
                 entry[key] = (mean, std)
@@ -49,8 +50,19 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda e: (str(e["task"]), -float(e["ratio"] or 1), str(e["method"])))
 
 
+def _is_metric(key: str) -> bool:
+    return key.startswith(METRIC_PREFIXES) and key.split("/", 1)[1] not in ("loss", "epoch", "tokens")
+
+
 def _scale(metric: str) -> int:
-    return 100 if metric.removeprefix("best/") in PERCENT else 1
+    return 100 if metric.split("/", 1)[-1] in PERCENT else 1
+
+
+def _cell(mean: float, std: float, metric: str) -> str:
+    scale = _scale(metric)
+    if abs(mean) >= 1e5:  # a perplexity that has blown up: keep it readable
+        return f"{mean:.3g} ± {std:.2g}"
+    return f"{mean * scale:.1f} ± {std * scale:.1f}"
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -67,7 +79,10 @@ def _setting(row: dict) -> str:
              f"r {_fmt(row.get('svd_ratio'))}" if row.get("svd_ratio") not in (None, "") else "",
              f"shape {row['tt_shape']}" if row.get("tt_shape") not in (None, "", "balanced") else "",
              f"lr cores/sparse {_fmt(row['lr_cores'])}/{_fmt(row['lr_sparse'])}"
-             if row.get("lr_cores") not in (None, "", row.get("lr")) else ""]
+             if row.get("lr_cores") not in (None, "", row.get("lr")) else "",
+             str(row["protocol"]) if row.get("protocol") not in (None, "", "fine-tune") else "",
+             str(row["calibration"]) if row.get("calibration") not in (None, "") else "",
+             f"distill {row['distill']}" if row.get("distill") not in (None, "") else ""]
     return ", ".join(p for p in parts if p) or "-"
 
 
@@ -97,7 +112,7 @@ def failed_section(rows: list[dict]) -> list[str]:
 
 def markdown(groups: list[dict], rows: list[dict], command: str) -> str:
     """``table.md``: one line per configuration (all metrics), then the failed jobs."""
-    metrics = sorted({k for g in groups for k in g if k.startswith("best/")})
+    metrics = sorted({k for g in groups for k in g if _is_metric(k)})
     head = ["task", "method", "setting", "lr (rest / cores / sparse)", "ratio", "model ratio", "params",
             "seeds", *[m.removeprefix("best/") for m in metrics]]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
@@ -107,7 +122,7 @@ def markdown(groups: list[dict], rows: list[dict], command: str) -> str:
         cells = [g["task"], g["method"], _setting(g), lr, _fmt(g["ratio"], 3), _fmt(g["model_ratio"], 3),
                  params, g["seeds"]]
         for m in metrics:
-            cells.append(f"{g[m][0] * _scale(m):.1f} ± {g[m][1] * _scale(m):.1f}" if m in g else "-")
+            cells.append(_cell(*g[m], m) if m in g else "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join([*_provenance(rows, command), *lines, *failed_section(rows)]) + "\n"
 
@@ -119,8 +134,9 @@ def paper_table(rows: list[dict], command: str) -> str:
     settings: dict[tuple, list[dict]] = {}
     for row in done:
         settings.setdefault(_key(row, SETTING_KEYS), []).append(row)
+    metric_of = {t: _paper_metric([r for r in done if r["task"] == t]) for t in tasks}
     head = ["method", "setting", "params", "ratio", "model ratio", "MACs/token",
-            *[f"{t} {main_metric(next(r for r in done if r['task'] == t))}" for t in tasks]]
+            *[f"{t} {metric_of[t].replace('best/', '').replace('/', ' ')}" for t in tasks]]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for runs in sorted(settings.values(), key=lambda rs: (-float(rs[0].get("ratio") or 1), rs[0]["method"])):
         first = runs[0]
@@ -130,13 +146,18 @@ def paper_table(rows: list[dict], command: str) -> str:
                  _fmt(first.get("model_ratio"), 3), macs]
         for task in tasks:
             mine = [r for r in runs if r["task"] == task]
-            metric = f"best/{main_metric(mine[0])}" if mine else ""
-            mean, std, n = mean_std(r.get(metric) for r in mine)
-            cells.append(f"{mean * _scale(metric):.1f} ± {std * _scale(metric):.1f} ({n})" if n else "-")
+            mean, std, n = mean_std(r.get(metric_of[task]) for r in mine)
+            cells.append(f"{_cell(mean, std, metric_of[task])} ({n})" if n else "-")
         lines.append("| " + " | ".join(cells) + " |")
     note = ["Params, ratios and MACs are those of the first run of each setting (heads differ slightly per "
             "task); (n) = seeds. Ratio = targeted (replaced Linears); MACs per token over them.", ""]
     return "\n".join([*_provenance(rows, command), *note, *lines, *failed_section(rows)]) + "\n"
+
+
+def _paper_metric(rows: list[dict]) -> str:
+    """The column of a task: its main metric on the test split where runs have one, else the best epoch's."""
+    name = main_metric(rows[0])
+    return f"test/{name}" if any(r.get(f"test/{name}") not in (None, "") for r in rows) else f"best/{name}"
 
 
 def main(argv: list[str] | None = None) -> int:
