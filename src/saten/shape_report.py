@@ -51,24 +51,30 @@ def markdown(model: str, rows: list[dict], command: str, ref_eps: float, top: in
 
 def proxy_configs(model: str, rows: list[dict], top: int, command: str, max_macs: float | None = None
                   ) -> dict[str, str]:
-    """``{file name: YAML}``: per layout, the k-th best shape of every layer type (k = 1..top), among the
-    candidates with at most ``max_macs`` times the reference's MACs per token (all when ``None``)."""
+    """``{file name: YAML}``: per layout, the k-th best shape of every layer type (k = 1..top):
+    ``proxy_<model>_<layout>_<k>``; with ``max_macs`` also ``…_macs<max_macs>`` among the candidates with at
+    most ``max_macs`` times the reference's MACs per token."""
     out = {}
-    for layout in ("plain", "matrix"):
-        for k in range(1, top + 1):
-            shapes = {}
-            for kind in dict.fromkeys(r["type"] for r in rows):
-                ranked = [r for r in rows if r["type"] == kind and r["layout"] == layout
-                          and (max_macs is None or r["macs_vs_reference"] <= max_macs)]
-                if len(ranked) >= k:
-                    shapes[kind] = [ranked[k - 1]["in_factors"], ranked[k - 1]["out_factors"]]
-            body = "\n".join(f"  '{kind}': {factors}" for kind, factors in shapes.items())
-            out[f"proxy_{model}_{layout}_{k}.yaml"] = (
-                f"# TT shapes picked by the training-free proxy for {model}: rank {k} per layer type among "
-                f"{layout}-layout\n# candidates (scores: results/shape_search/{model}.md). Written by\n"
-                f"#   {command}\n# at git {git_state()['sha']}; "
-                f"pick with tt_shape=proxy_{model}_{layout}_{k}\n"
-                f"defaults:\n  - balanced\n  - _self_\n\nlayout: {layout}\nshapes:\n{body}\n")
+    for limit in [None] + ([max_macs] if max_macs is not None else []):
+        suffix = "" if limit is None else f"_macs{limit:g}"
+        for layout in ("plain", "matrix"):
+            for k in range(1, top + 1):
+                shapes = {}
+                for kind in dict.fromkeys(r["type"] for r in rows):
+                    ranked = [r for r in rows if r["type"] == kind and r["layout"] == layout
+                              and (limit is None or r["macs_vs_reference"] <= limit)]
+                    if len(ranked) >= k:
+                        shapes[kind] = [ranked[k - 1]["in_factors"], ranked[k - 1]["out_factors"]]
+                name = f"proxy_{model}_{layout}_{k}{suffix}"
+                body = "\n".join(f"  '{kind}': {factors}" for kind, factors in shapes.items())
+                among = f"{layout}-layout candidates"
+                if limit is not None:
+                    among += f" with ≤ {limit:g}x the reference's MACs"
+                out[f"{name}.yaml"] = (
+                    f"# TT shapes picked by the training-free proxy for {model}: rank {k} per layer type\n"
+                    f"# among {among} (scores: results/shape_search/{model}.md). Written by\n"
+                    f"#   {command}\n# at git {git_state()['sha']}; pick with tt_shape={name}\n"
+                    f"defaults:\n  - balanced\n  - _self_\n\nlayout: {layout}\nshapes:\n{body}\n")
     return out
 
 
