@@ -1,6 +1,7 @@
 """The training-free TT-shape proxy: ranks a known-better shape first, writes tables, plot and configs."""
 
 import copy
+import csv
 import re
 
 import torch
@@ -45,6 +46,8 @@ def test_search_on_layers_puts_the_matching_shape_on_top():
     assert exact["rank"] <= 2
     assert all(r["score"] > 0.5 for r in rows if r["layout"] == "plain")  # the reference among them
     assert {p["layer"] for p in points} == {"layer.0.dense", "layer.1.dense"}
+    reference = next(r for r in rows if r["is_reference"])
+    assert reference["macs_vs_reference"] == 1.0 and all(r["macs_vs_reference"] > 0 for r in rows)
 
 
 def test_candidates_cover_orders_layouts_and_skew():
@@ -62,6 +65,18 @@ def test_layer_types_mask_the_layer_index():
 
 def test_cli_writes_results_and_usable_proxy_configs(tmp_path):
     assert main(["model=tiny_bert", "--out", str(tmp_path / "res"), "--conf", str(tmp_path / "conf")]) == 0
+    assert main(["model=tiny_bert", "--out", str(tmp_path / "cheap"), "--conf", str(tmp_path / "cheap"),
+                 "--max-macs", "1.0"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "cheap" / "tiny_bert.csv")))
+    limited = sorted((tmp_path / "cheap").glob("proxy_tiny_bert_*_macs1.yaml"))
+    assert tmp_path / "cheap" / "proxy_tiny_bert_plain_1_macs1.yaml" in limited  # the reference qualifies
+    for path in limited:
+        cfg = OmegaConf.load(path)
+        assert len(cfg.shapes) == 6  # complete: one shape per layer type
+        for pattern, factors in cfg.shapes.items():  # every chosen shape is no costlier than the reference
+            row = next(r for r in rows if r["type"] == pattern and r["layout"] == cfg.layout and
+                       r["in_factors"] == str(list(factors[0])) and r["out_factors"] == str(list(factors[1])))
+            assert float(row["macs_vs_reference"]) <= 1.0
     for name in ("tiny_bert.md", "tiny_bert.csv", "tiny_bert_points.csv", "tiny_bert_pareto.png"):
         assert (tmp_path / "res" / name).stat().st_size > 100
     configs = sorted((tmp_path / "conf").glob("proxy_tiny_bert_*.yaml"))

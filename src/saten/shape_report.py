@@ -53,7 +53,8 @@ def proxy_configs(model: str, rows: list[dict], top: int, command: str, max_macs
                   ) -> dict[str, str]:
     """``{file name: YAML}``: per layout, the k-th best shape of every layer type (k = 1..top):
     ``proxy_<model>_<layout>_<k>``; with ``max_macs`` also ``…_macs<max_macs>`` among the candidates with at
-    most ``max_macs`` times the reference's MACs per token."""
+    most ``max_macs`` times the reference's MACs per token. A config is written only when every layer type
+    has such a candidate."""
     out = {}
     for limit in [None] + ([max_macs] if max_macs is not None else []):
         suffix = "" if limit is None else f"_macs{limit:g}"
@@ -65,6 +66,8 @@ def proxy_configs(model: str, rows: list[dict], top: int, command: str, max_macs
                               and (limit is None or r["macs_vs_reference"] <= limit)]
                     if len(ranked) >= k:
                         shapes[kind] = [ranked[k - 1]["in_factors"], ranked[k - 1]["out_factors"]]
+                if len(shapes) < len({r["type"] for r in rows}):
+                    continue  # a layer type without a qualifying candidate: no complete config
                 name = f"proxy_{model}_{layout}_{k}{suffix}"
                 body = "\n".join(f"  '{kind}': {factors}" for kind, factors in shapes.items())
                 among = f"{layout}-layout candidates"
