@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_pipeline import compose_config, mini_glue, shrink_overrides  # noqa: F401  (a fixture)
+from test_pipeline import compose_config, shrink_overrides
 
 from saten.data.superglue import TASKS, SuperGlueMetric, read_jsonl_split
 from saten.errors import ConfigError
