@@ -179,3 +179,10 @@ def test_saten_debug_shows_the_traceback(tmp_path):
         del os.environ["SATEN_DEBUG"]
     assert result.returncode == 2 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: task=nope: ")
+
+
+def test_unknown_objective_is_refused(tmp_path):
+    from saten.validate import check_config
+
+    with pytest.raises(ConfigError, match="objective=accuracy"):
+        check_config(compose_config(["model=tiny_bert", "objective=accuracy"], tmp_path))

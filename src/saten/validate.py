@@ -114,6 +114,8 @@ def check_config(cfg: DictConfig) -> None:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed}: must be an integer")
+    if cfg.get("objective", "metric") not in ("metric", "metric_per_ratio"):
+        raise ConfigError(f"objective={cfg.objective}: unknown; use metric or metric_per_ratio")
     ckpt = cfg.ckpt_path
     if not cfg.train:
         if ckpt is None:
