@@ -100,7 +100,7 @@ def read_run(run_dir: Path) -> dict:
         "protocol": _protocol(summary, cfg),
         "calibration": calibration,
         "distill": distill,
-        "eps": summary.get("eps"),
+        "eps": None if calibration and "sensitivity" in calibration else summary.get("eps"),  # per layer
         "density": summary.get("density"),
         "svd_ratio": saten.get("svd_ratio"),
         "target_ratio": saten.get("target_ratio"),
