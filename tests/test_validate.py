@@ -186,3 +186,10 @@ def test_unknown_objective_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="objective=accuracy"):
         check_config(compose_config(["model=tiny_bert", "objective=accuracy"], tmp_path))
+
+
+def test_method_preset_without_matched_values_names_the_benchmark(tmp_path):
+    from saten.validate import check_config
+
+    with pytest.raises(ConfigError, match="matched_ratios.py --model tiny_bert"):
+        check_config(compose_config(["model=tiny_bert", "+method_preset=svd"], tmp_path))

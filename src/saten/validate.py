@@ -142,6 +142,11 @@ def check_method_config(cfg: DictConfig) -> None:
     from saten.distill import check_distill_config
     from saten.families import check_task_config
 
+    matched = cfg.get("matched")  # a method_preset reads its knobs from matched.<model>
+    if matched is not None and cfg.model.name not in matched:
+        raise ConfigError(f"method_preset: no matched values for model={cfg.model.name} in "
+                          f"conf/method_preset/matched.yaml; measure them with python "
+                          f"benchmarks/matched_ratios.py --model {cfg.model.name}, or pick saten=<file>")
     SatenConfig.from_any(cfg.saten, warn=False)
     TTShapeConfig.from_any(cfg.tt_shape)
     check_task_config(cfg)
