@@ -140,3 +140,19 @@ def test_default_run_dir_names_task_and_method(mini_glue, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = list((tmp_path / "runs" / "mrpc").glob("saten_u_*/*/summary.json"))
     assert len(summaries) == 1, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
+
+
+def test_recipes_started_together_get_their_own_run_dirs(mini_glue, tmp_path):
+    """Two recipes that differ only in calibration must never share a folder (same task, method, second)."""
+    from saten.train import run_tag
+
+    saten = {"method": "saten", "density": 0.1, "eps": 0.85, "sparsity": "unstructured", "target_ratio": 0.33}
+    plain = run_tag("saten_u", saten)
+    aware = run_tag("saten_u", saten, {"samples": 128, "alpha": 0.5, "activation_aware": True})
+    sens = run_tag("saten_u", saten, {"samples": 128, "sensitivity": True})
+    kd = run_tag("saten_u", saten, None, {"kd_weight": 0.5})
+    assert len({plain, aware, sens, kd}) == 4 and plain == "saten_u_d0.1_e0.85_t0.33"
+    cfg = compose_config([*shrink_overrides(mini_glue), "calibration=activation"], tmp_path)
+    from hydra.core.hydra_config import HydraConfig
+
+    assert "_act0.5" in HydraConfig.get().run.dir and cfg.calibration.samples == 128

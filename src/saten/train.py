@@ -31,10 +31,13 @@ def metric_mode(monitor: str) -> str:
     return "min" if "loss" in last or "perplexity" in last else "max"
 
 
-def run_tag(choice: str | None, saten: Mapping) -> str:
+def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = None,
+            distill: Mapping | None = None) -> str:
     """Short name of a compression setting for run dirs and W&B (OmegaConf resolver ``run_tag``).
 
-    Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``.
+    Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``;
+    ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation, so that
+    runs of different recipes started in the same second never share a folder.
     """
     method = saten.get("method")
     parts = [str(choice or method)]
@@ -50,6 +53,15 @@ def run_tag(choice: str | None, saten: Mapping) -> str:
         parts.append(f"r{saten.get('svd_ratio')}")
     if saten.get("embeddings"):
         parts.append("emb")
+    if saten.get("target_ratio") is not None:
+        parts.append(f"t{saten.get('target_ratio')}")
+    calibration = calibration or {}
+    if calibration.get("samples") and calibration.get("activation_aware"):
+        parts.append(f"act{calibration.get('alpha')}")
+    if calibration.get("samples") and calibration.get("sensitivity"):
+        parts.append("sens")
+    if (distill or {}).get("kd_weight") or (distill or {}).get("hidden_weight"):
+        parts.append("kd")
     return "_".join(parts)
 
 
