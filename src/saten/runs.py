@@ -126,6 +126,7 @@ def read_run(run_dir: Path) -> dict:
         "git": (provenance.get("git") or {}).get("sha"),
         "cpu": (provenance.get("cpu") or {}).get("model", cpu_model()),
         "threads": provenance.get("torch_threads"),
+        "cores": (provenance.get("cpu") or {}).get("logical_cores"),
         "run_dir": str(run_dir),
     })
     return row

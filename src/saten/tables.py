@@ -86,10 +86,14 @@ def _setting(row: dict) -> str:
     return ", ".join(p for p in parts if p) or "-"
 
 
+def _count(value) -> str:
+    return str(int(float(value))) if value not in (None, "") else "?"
+
+
 def _provenance(rows: list[dict], command: str) -> list[str]:
     gits = sorted({str(r.get("git"))[:7] for r in rows})
-    cpus = sorted({f"{r.get('cpu')} ({int(float(r['threads'])) if r.get('threads') else '?'} threads)"
-                   for r in rows})
+    cpus = sorted({f"{r.get('cpu')} ({_count(r.get('cores'))} cores, {_count(r.get('threads'))} torch "
+                   f"threads)" for r in rows})
     return [f"Made by `{command}` from {len(rows)} runs (each run's own command, git revision and machine "
             "are in `runs.csv`).", "", f"- git revisions: {', '.join(gits)}",
             f"- machines: {', '.join(cpus)}",
