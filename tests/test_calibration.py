@@ -178,3 +178,38 @@ def test_bad_calibration_values_fail_before_any_model_loads(override, key, tmp_p
     cfg = compose_config(["model=tiny_bert", "calibration=activation", override], tmp_path)
     with pytest.raises(ConfigError, match=re.escape(key)):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("fmt", ["merged", "factorized", "auto"])
+def test_activation_aware_models_export_with_their_scales(tiny_llama_cfg, fmt):
+    from saten import compress, export
+    from saten.calibration import calibrated_scales
+    from saten.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(tiny_llama_cfg, head="causal_lm").eval()
+    ids = torch.randint(0, 100, (2, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    saten = {"method": "saten", "eps": 0.5, "density": 0.1, "sparsity": "unstructured"}
+    compress(model, saten, channel_scales=calibrated_scales(model, saten, {"samples": 2}, [batch]))
+    with torch.no_grad():
+        expected = model(**batch).logits
+        export(model, fmt, tokens=1, repeats=1)
+        got = model(**batch).logits
+    assert (torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected)).item() < 1e-4
+
+
+def test_matrix_layout_scales_cannot_be_factorized_but_merge():
+    from saten.inference_layers import FactorizedTTLinear, MergedLinear
+    from saten.tt import balanced_shape
+
+    torch.manual_seed(3)
+    linear = nn.Linear(16, 16)
+    shape = balanced_shape(16, 16, 2, 2, "matrix")
+    scale = torch.rand(16) + 0.5
+    layer = SatenLinear.from_linear(linear, eps=0.3, density=0.1, shape=shape, channel_scale=scale)
+
+    with pytest.raises(ValueError, match="format='merged'"):
+        FactorizedTTLinear.from_saten(layer)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(MergedLinear.from_saten(layer)(x), layer(x))

@@ -42,7 +42,11 @@ def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int) -> di
     if format in ("auto", "merged"):
         out["merged"] = MergedLinear.from_saten(layer)
     if format in ("auto", "factorized"):
-        out.update({f"factorized:{k}": FactorizedTTLinear.from_saten(layer, k) for k in kernels})
+        try:
+            out.update({f"factorized:{k}": FactorizedTTLinear.from_saten(layer, k) for k in kernels})
+        except ValueError:  # e.g. an activation-aware matrix-layout layer: merged only
+            if format == "factorized":
+                raise
     semi_ok = layer.sparsity == "nm" and tuple(layer.nm or ()) == (2, 4)
     if format == "semi_structured":
         out["semi_structured"] = SemiStructuredLinear.from_saten(layer)

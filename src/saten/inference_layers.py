@@ -152,7 +152,15 @@ class FactorizedTTLinear(nn.Module):
         values = layer.values.detach()
         out = cls(layer.in_features, layer.out_features, layer.shape, layer.ranks, layer.nnz,
                   layer.bias is not None, kernel, dtype=values.dtype, device=values.device)
-        buffers = {f"factor{k}": f for k, f in enumerate(_tt_factors(layer))}
+        factors = _tt_factors(layer)
+        scale = getattr(layer, "input_scale", None)
+        if scale is not None:  # activation-aware: fold the fixed input scale into A₁ and the kept values
+            if layer.shape.layout != "plain":
+                raise ValueError("format='factorized': an activation-aware layer in the matrix TT layout "
+                                 "cannot fold its input scale into the cores; use format='merged'")
+            factors[0] = factors[0] * scale[None, :]
+            values = values * scale[layer.positions % layer.in_features]
+        buffers = {f"factor{k}": f for k, f in enumerate(factors)}
         size = (layer.out_features, layer.in_features)
         buffers.update(sparse_residual(layer.positions, values, *size, kernel))
         if layer.bias is not None:
