@@ -123,3 +123,12 @@ def test_shape_optuna_runs_trials_and_maximizes_metric_per_ratio(tmp_path, mini_
     assert len(summaries) == 2  # the objective is the metric per model ratio, maximized
     assert best.best_value == pytest.approx(max(s["best/accuracy"] / s["model_ratio"] for s in summaries))
     assert best.best_value > 0
+
+
+def test_curves_never_average_different_recipes():
+    from saten.curves import _series
+
+    base = {"method": "saten(u)", "eps": 0.85, "lr": 1e-4, "lr_cores": 1e-4, "protocol": "fine-tune"}
+    other_lr = base | {"lr_cores": 1e-3}
+    aware = base | {"calibration": "activation-aware α 0.5"}
+    assert len({_series(base), _series(other_lr), _series(aware)}) == 3

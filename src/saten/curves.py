@@ -29,6 +29,11 @@ def _series(row: dict) -> str:
         label += f" ε {float(row['eps']):.3g}"
     if row.get("tt_shape") not in (None, "", "balanced"):
         label += f" {row['tt_shape']}"
+    if row.get("lr_cores") not in (None, "", row.get("lr")):  # another recipe: never averaged in
+        label += f" lr cores {float(row['lr_cores']):.3g}"
+    for key in ("protocol", "calibration", "distill"):
+        if row.get(key) not in (None, "", "fine-tune"):
+            label += f" {row[key]}"
     return label
 
 
