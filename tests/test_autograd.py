@@ -170,3 +170,20 @@ def test_recompute_activations_same_gradients_fewer_saved(tiny_bert_cfg, saten):
     assert recompute_activations(model) == layers  # idempotent: no second wrapper or hook pair
     with torch.no_grad():
         model.eval()(input_ids=torch.ones(1, 4, dtype=torch.long))
+
+
+def test_recompute_activations_is_a_config_switch(mini_glue, tmp_path):
+    """``recompute_activations=true`` wraps every FFN activation of the run's model and still trains."""
+    import math
+
+    from test_pipeline import ONE_STEP, compose_config, shrink_overrides
+
+    from saten.autograd import _RecordingActivation
+    from saten.lit import build_module
+    from saten.train import run
+
+    cfg = compose_config([*shrink_overrides(mini_glue), *ONE_STEP, "recompute_activations=true"], tmp_path)
+    module = build_module(cfg)
+    wrapped = [m for m in module.model.modules() if isinstance(m, _RecordingActivation)]
+    assert len(wrapped) == module.model.config.num_hidden_layers
+    assert math.isfinite(run(cfg)["best/f1"])

@@ -68,7 +68,8 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
 
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
                  optim: Mapping | None = None, compile: bool = False, calibration: Mapping | None = None,
-                 calibration_batches: list | None = None, distill: Mapping | None = None):
+                 calibration_batches: list | None = None, distill: Mapping | None = None,
+                 recompute_activations: bool = False):
         super().__init__()
         from saten import compress
         from saten.calibration import plan_compression
@@ -79,7 +80,7 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
             to_plain, (model, task, saten, tt_shape, optim, calibration, distill))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
                                    "optim": optim, "compile": bool(compile), "calibration": calibration,
-                                   "distill": distill})
+                                   "distill": distill, "recompute_activations": bool(recompute_activations)})
         self.distiller = None  # the teacher loads when fitting starts (evaluation never needs it)
         check_distill_config(distill)
         self.spec = self.task_spec(task["name"])
@@ -93,6 +94,10 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
         if budget is not None:
             self.model.saten_info["budget"] = budget
         self.compress_seconds = time.perf_counter() - start
+        if recompute_activations:  # keep the FFN activation's input only (saten.autograd): less memory
+            from saten.autograd import recompute_activations as keep_activation_inputs
+
+            keep_activation_inputs(self.model)
         # from_pretrained returns eval mode and Lightning keeps submodule modes: train mode = dropout on
         self.model.train()
         if compile:
@@ -211,7 +216,8 @@ def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.Lig
     return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"],
                           tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
                           compile=bool(cfg.get("compile", False)), calibration=cfg.get("calibration"),
-                          calibration_batches=calibration_batches, distill=cfg.get("distill"))
+                          calibration_batches=calibration_batches, distill=cfg.get("distill"),
+                          recompute_activations=bool(cfg.get("recompute_activations", False)))
 
 
 def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:
