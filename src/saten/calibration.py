@@ -135,13 +135,10 @@ def plan_compression(model: nn.Module, saten: Mapping, tt_shape: Mapping | None,
         return saten, scales, None
     from saten.compress import _compress_linear, find_targets
     from saten.config import SatenConfig, TTShapeConfig
-    from saten.errors import ConfigError
     from saten.sensitivity import sensitivity_overrides
 
+    check_calibration_config(calibration, saten)  # the same checks as up front, for direct library calls
     cfg = SatenConfig.from_any(saten, warn=False)
-    if cfg.method not in ("saten", "tt"):
-        raise ConfigError(f"calibration.sensitivity=true with saten.method={cfg.method}: per-layer ε applies "
-                          f"to saten and tt; set calibration.sensitivity=false")
     shape_cfg = TTShapeConfig.from_any(tt_shape)
     names = find_targets(model, cfg.targets, cfg.exclude)
     base = cfg.for_layer(target_ratio=None)

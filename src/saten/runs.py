@@ -69,9 +69,11 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
         parts.append(f"activation-aware α {cal.get('alpha', 0.5)}")
     if cal.get("samples") and cal.get("sensitivity"):
         parts.append("sensitivity budget")
+    from saten.distill import distill_enabled
+
     distill = cfg.get("distill") or {}
     kd = None
-    if distill.get("kd_weight") or distill.get("hidden_weight"):
+    if distill_enabled(distill):
         kd = f"kd {distill.get('kd_weight')} / hidden {distill.get('hidden_weight')}"
     return (" + ".join(parts) or None), kd
 

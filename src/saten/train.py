@@ -55,12 +55,14 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
         parts.append("emb")
     if saten.get("target_ratio") is not None:
         parts.append(f"t{saten.get('target_ratio')}")
+    from saten.distill import distill_enabled
+
     calibration = calibration or {}
     if calibration.get("samples") and calibration.get("activation_aware"):
         parts.append(f"act{calibration.get('alpha')}")
     if calibration.get("samples") and calibration.get("sensitivity"):
         parts.append("sens")
-    if (distill or {}).get("kd_weight") or (distill or {}).get("hidden_weight"):
+    if distill_enabled(distill):
         parts.append("kd")
     return "_".join(parts)
 
