@@ -31,7 +31,7 @@ def _series(row: dict) -> str:
         label += f" {row['tt_shape']}"
     if row.get("lr_cores") not in (None, "", row.get("lr")):  # another recipe: never averaged in
         label += f" lr cores {float(row['lr_cores']):.3g}"
-    for key in ("protocol", "calibration", "distill"):
+    for key in ("protocol", "calibration", "distill", "schedule"):
         if row.get(key) not in (None, "", "fine-tune"):
             label += f" {row[key]}"
     return label

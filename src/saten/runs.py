@@ -21,7 +21,7 @@ __all__ = ["collect", "failed", "finished", "main_metric", "mean_std", "method_l
 
 TEXT_KEYS = ("task", "model", "method", "command", "job", "git", "cpu", "run_dir", "status", "error",
              "saten_choice", "tt_shape", "method_preset", "metric", "sparsity", "protocol", "calibration",
-             "distill")
+             "distill", "schedule")
 # the main metric per GLUE task (conf/task/*.yaml task.metric), for rows that lack config.yaml
 MAIN_METRIC = {"cola": "matthews", "stsb": "pearson", "mrpc": "f1", "qqp": "f1", "mnli": "accuracy_m",
                "wikitext2": "perplexity"}
@@ -78,6 +78,16 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
     return (" + ".join(parts) or None), kd
 
 
+def _schedule_label(cfg: dict) -> str | None:
+    """``progressive ε 0.5 → target (4 steps by 50 %)`` for a progressive schedule, else ``None``."""
+    schedule = cfg.get("schedule") or {}
+    if not schedule.get("progressive"):
+        return None
+    density = schedule.get("start_density")
+    start = f"ε {schedule.get('start_eps')}" + (f" d {density}" if density is not None else "")
+    return f"progressive {start} → target ({schedule.get('steps')} steps by {schedule.get('end'):.0%})"
+
+
 def read_run(run_dir: Path) -> dict:
     """One row: configuration, metrics, status and where it came from."""
     summary = _load(run_dir / "summary.json")
@@ -102,6 +112,7 @@ def read_run(run_dir: Path) -> dict:
         "protocol": _protocol(summary, cfg),
         "calibration": calibration,
         "distill": distill,
+        "schedule": _schedule_label(cfg),
         "eps": None if calibration and "sensitivity" in calibration else summary.get("eps"),  # per layer
         "density": summary.get("density"),
         "svd_ratio": saten.get("svd_ratio"),

@@ -20,9 +20,10 @@ from pathlib import Path
 from saten.runs import collect, failed, finished, main_metric, mean_std, write_csv
 
 CONFIG_KEYS = ("task", "model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores",
-               "lr_sparse", "epochs", "protocol", "calibration", "distill")
+               "lr_sparse", "epochs", "protocol", "calibration", "distill",
+               "schedule")
 SETTING_KEYS = ("model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores", "lr_sparse",
-                "epochs", "protocol", "calibration", "distill")
+                "epochs", "protocol", "calibration", "distill", "schedule")
 METRIC_PREFIXES = ("best/", "test/", "val/")
 PERCENT = ("f1", "accuracy", "matthews", "pearson", "spearmanr", "combined", "accuracy_m", "accuracy_mm")
 TASK_ORDER = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "wnli")
@@ -82,7 +83,8 @@ def _setting(row: dict) -> str:
              if row.get("lr_cores") not in (None, "", row.get("lr")) else "",
              str(row["protocol"]) if row.get("protocol") not in (None, "", "fine-tune") else "",
              str(row["calibration"]) if row.get("calibration") not in (None, "") else "",
-             f"distill {row['distill']}" if row.get("distill") not in (None, "") else ""]
+             f"distill {row['distill']}" if row.get("distill") not in (None, "") else "",
+             str(row["schedule"]) if row.get("schedule") not in (None, "") else ""]
     return ", ".join(p for p in parts if p) or "-"
 
 

@@ -32,11 +32,12 @@ def metric_mode(monitor: str) -> str:
 
 
 def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = None,
-            distill: Mapping | None = None) -> str:
+            distill: Mapping | None = None, schedule: Mapping | None = None) -> str:
     """Short name of a compression setting for run dirs and W&B (OmegaConf resolver ``run_tag``).
 
     Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``;
-    ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation, so that
+    ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation,
+    ``_prog0.5`` for progressive tightening from ε 0.5, so that
     runs of different recipes started in the same second never share a folder.
     """
     method = saten.get("method")
@@ -64,6 +65,8 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
         parts.append("sens")
     if distill_enabled(distill):
         parts.append("kd")
+    if schedule and schedule.get("progressive"):
+        parts.append(f"prog{schedule.get('start_eps')}")
     return "_".join(parts)
 
 
@@ -211,6 +214,7 @@ def run(cfg: DictConfig) -> dict:
     from saten.families import build_datamodule, task_kind
     from saten.lit import build_module
     from saten.models import load_tokenizer
+    from saten.progressive import ProgressiveTightening, schedule_enabled
 
     check_config(cfg)
     if cfg.train:
@@ -237,6 +241,8 @@ def run(cfg: DictConfig) -> dict:
     loggers = instantiate_loggers(cfg)
     try:
         callbacks = instantiate_callbacks(cfg, has_logger=bool(loggers))
+        if schedule_enabled(cfg.get("schedule")):
+            callbacks.append(ProgressiveTightening(cfg.schedule.steps, cfg.schedule.end))
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
             logger.log_hyperparams(resolved_config(cfg))

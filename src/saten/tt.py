@@ -14,6 +14,7 @@ TT-matrix that tltorch uses) mode ``k`` is the pair ``(n_k, m_k)`` and ``d = p =
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -166,16 +167,22 @@ def _split_gram(unfolding: torch.Tensor, delta: float, max_rank: int | None) -> 
 
 
 def _left_to_right(
-    tensor: torch.Tensor, delta: float, max_rank: int | None, algorithm: str
+    tensor: torch.Tensor, delta: float, max_rank: int | Sequence[int] | None, algorithm: str
 ) -> list[torch.Tensor]:
-    """Classic left-to-right TT-SVD (Oseledets 2011) with a per-step truncation threshold ``delta``."""
+    """Classic left-to-right TT-SVD (Oseledets 2011) with a per-step truncation threshold ``delta``.
+
+    ``max_rank``: one cap for every internal rank, or one cap per internal rank (``d − 1`` of them).
+    """
     split = {"gram": _split_gram, "svd": _split_svd}[algorithm]
     modes = tensor.shape
+    caps = list(max_rank) if isinstance(max_rank, Sequence) else [max_rank] * (len(modes) - 1)
+    if len(caps) != len(modes) - 1:
+        raise ValueError(f"max_rank={max_rank}: give one cap per internal rank ({len(modes) - 1})")
     cores = []
     rank = 1
     rest = tensor.reshape(-1)
-    for n_k in modes[:-1]:
-        u, rest = split(rest.reshape(rank * n_k, -1), delta, max_rank)
+    for n_k, cap in zip(modes[:-1], caps):
+        u, rest = split(rest.reshape(rank * n_k, -1), delta, cap)
         cores.append(u.reshape(rank, n_k, u.shape[1]))
         rank = u.shape[1]
     cores.append(rest.reshape(rank, modes[-1], 1))
@@ -185,7 +192,7 @@ def _left_to_right(
 def tt_svd(
     tensor: torch.Tensor,
     eps: float,
-    max_rank: int | None = None,
+    max_rank: int | Sequence[int] | None = None,
     *,
     reverse: bool = True,
     algorithm: str = "gram",
@@ -199,8 +206,9 @@ def tt_svd(
     eps : float
         Relative error bound: ``‖T − TT(T)‖_F <= eps ‖T‖_F``. Each of the ``d − 1`` steps discards
         singular values of norm at most ``δ = eps ‖T‖_F / √(d − 1)``.
-    max_rank : int, optional
-        Cap on every internal rank (the bound then no longer holds).
+    max_rank : int or sequence of int, optional
+        Cap on every internal rank, or one cap per internal rank ``r_1 … r_{d−1}`` (the bound then no
+        longer holds). With ``eps=0`` the caps are the ranks: a fixed-rank TT-SVD.
     reverse : bool
         Sweep from the last mode to the first, as the reference does (default). ``False`` gives the
         textbook left-to-right sweep, whose ranks differ.
@@ -222,7 +230,8 @@ def tt_svd(
     if not reverse:
         return _left_to_right(tensor, delta, max_rank, algorithm)
     flipped = tensor.permute(*reversed(range(d))).contiguous()
-    cores = _left_to_right(flipped, delta, max_rank, algorithm)
+    caps = max_rank[::-1] if isinstance(max_rank, Sequence) else max_rank  # the sweep meets r_{d-1} first
+    cores = _left_to_right(flipped, delta, caps, algorithm)
     return [core.permute(2, 1, 0) for core in reversed(cores)]
 
 
@@ -235,7 +244,7 @@ def tt_reconstruct(cores: list[torch.Tensor]) -> torch.Tensor:
 
 
 def tt_svd_matrix(
-    a: torch.Tensor, shape: TTShape, eps: float, max_rank: int | None = None, **kw
+    a: torch.Tensor, shape: TTShape, eps: float, max_rank: int | Sequence[int] | None = None, **kw
 ) -> list[torch.Tensor]:
     """TT-SVD of a matrix ``A`` (shape ``(N, M)``) tensorized with ``shape``; see :func:`tt_svd`."""
     return tt_svd(_tensorize(a, shape), eps, max_rank, **kw)

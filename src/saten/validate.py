@@ -152,6 +152,9 @@ def check_method_config(cfg: DictConfig) -> None:
     check_task_config(cfg)
     check_calibration_config(cfg.get("calibration"), cfg.saten)
     check_distill_config(cfg.get("distill"), teacher_must_exist=True)
+    from saten.progressive import check_schedule_config
+
+    check_schedule_config(cfg.get("schedule"), cfg.saten, cfg.trainer.get("strategy"), cfg.get("lora"))
 
 
 def empty_model(model_cfg: Mapping, task_cfg: Mapping) -> torch.nn.Module:

@@ -59,28 +59,26 @@ class CausalLM(TrainingHooks, L.LightningModule):
 
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
                  optim: Mapping | None = None, lora: Mapping | None = None, compile: bool = False,
-                 calibration: Mapping | None = None, calibration_batches: list | None = None):
+                 calibration: Mapping | None = None, calibration_batches: list | None = None,
+                 schedule: Mapping | None = None):
         super().__init__()
-        from saten import compress
-        from saten.calibration import plan_compression
         from saten.callbacks import compression_report
         from saten.models import load_model
+        from saten.progressive import compress_for_training
 
-        model, task, saten, tt_shape, optim, lora, calibration = map(
-            to_plain, (model, task, saten, tt_shape, optim, lora, calibration))
+        model, task, saten, tt_shape, optim, lora, calibration, schedule = map(
+            to_plain, (model, task, saten, tt_shape, optim, lora, calibration, schedule))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
                                    "optim": optim, "lora": lora, "compile": bool(compile),
-                                   "calibration": calibration})
+                                   "calibration": calibration, "schedule": schedule})
         self.metric_name = str(task.get("metric") or "perplexity")
         if self.metric_name not in (*LOWER_IS_BETTER, "tokens"):
             raise ConfigError(f"task.metric={self.metric_name}: {task['name']} logs perplexity, loss and "
                               f"tokens; use task.metric=perplexity")
         start = time.perf_counter()
         self.model = load_model(model, head="causal_lm")
-        plan, scales, budget = plan_compression(self.model, saten, tt_shape, calibration, calibration_batches)
-        self.replaced = list(compress(self.model, plan, tt_shape=tt_shape, channel_scales=scales))
-        if budget is not None:
-            self.model.saten_info["budget"] = budget
+        self.replaced, self.progressive = compress_for_training(self.model, saten, tt_shape, calibration,
+                                                                calibration_batches, schedule)
         self.compress_seconds = time.perf_counter() - start
         self.compression_report: dict | None = None
         if lora_enabled(lora):
@@ -100,7 +98,8 @@ class CausalLM(TrainingHooks, L.LightningModule):
         """Build from a full run config (model, task, saten, tt_shape, optim, lora, compile, calibration)."""
         return cls(model=cfg["model"], task=cfg["task"], saten=cfg["saten"], tt_shape=cfg.get("tt_shape"),
                    optim=cfg.get("optim"), lora=cfg.get("lora"), compile=bool(cfg.get("compile", False)),
-                   calibration=cfg.get("calibration"), calibration_batches=calibration_batches)
+                   calibration=cfg.get("calibration"), calibration_batches=calibration_batches,
+                   schedule=cfg.get("schedule"))
 
     # ---- steps ---------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]):

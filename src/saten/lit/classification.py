@@ -69,18 +69,18 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
                  optim: Mapping | None = None, compile: bool = False, calibration: Mapping | None = None,
                  calibration_batches: list | None = None, distill: Mapping | None = None,
-                 recompute_activations: bool = False):
+                 recompute_activations: bool = False, schedule: Mapping | None = None):
         super().__init__()
-        from saten import compress
-        from saten.calibration import plan_compression
         from saten.distill import check_distill_config
         from saten.models import load_model
+        from saten.progressive import compress_for_training
 
-        model, task, saten, tt_shape, optim, calibration, distill = map(
-            to_plain, (model, task, saten, tt_shape, optim, calibration, distill))
+        model, task, saten, tt_shape, optim, calibration, distill, schedule = map(
+            to_plain, (model, task, saten, tt_shape, optim, calibration, distill, schedule))
         self.save_hyperparameters({"model": model, "task": task, "saten": saten, "tt_shape": tt_shape,
                                    "optim": optim, "compile": bool(compile), "calibration": calibration,
-                                   "distill": distill, "recompute_activations": bool(recompute_activations)})
+                                   "distill": distill, "recompute_activations": bool(recompute_activations),
+                                   "schedule": schedule})
         self.distiller = None  # the teacher loads when fitting starts (evaluation never needs it)
         check_distill_config(distill)
         self.spec = self.task_spec(task["name"])
@@ -89,10 +89,8 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
         start = time.perf_counter()
         self.model = load_model(model, head="sequence_classification", num_labels=self.spec.num_labels,
                                 problem_type=problem_type)
-        plan, scales, budget = plan_compression(self.model, saten, tt_shape, calibration, calibration_batches)
-        self.replaced = list(compress(self.model, plan, tt_shape=tt_shape, channel_scales=scales))
-        if budget is not None:
-            self.model.saten_info["budget"] = budget
+        self.replaced, self.progressive = compress_for_training(self.model, saten, tt_shape, calibration,
+                                                                calibration_batches, schedule)
         self.compress_seconds = time.perf_counter() - start
         if recompute_activations:  # keep the FFN activation's input only (saten.autograd): less memory
             from saten.autograd import recompute_activations as keep_activation_inputs
@@ -217,7 +215,8 @@ def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.Lig
                           tt_shape=cfg.get("tt_shape"), optim=cfg.get("optim"),
                           compile=bool(cfg.get("compile", False)), calibration=cfg.get("calibration"),
                           calibration_batches=calibration_batches, distill=cfg.get("distill"),
-                          recompute_activations=bool(cfg.get("recompute_activations", False)))
+                          recompute_activations=bool(cfg.get("recompute_activations", False)),
+                          schedule=cfg.get("schedule"))
 
 
 def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:
