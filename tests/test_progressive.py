@@ -82,13 +82,16 @@ def test_interpolate_and_start_plan():
     assert loose["overrides"]["encoder.layer.0.*"]["eps"] == 0.2  # never looser than asked: already tighter
 
 
-def test_compress_for_training_starts_looser_and_records_the_plain_target(tiny_bert_cfg):
+@pytest.mark.parametrize("model_name, head", [("tiny_bert", "sequence_classification"),
+                                              ("tiny_llama", "causal_lm")])
+def test_compress_for_training_starts_looser_and_records_the_plain_target(model_name, head, model_cfg_loader):
     saten = {"method": "saten", "eps": 0.8, "density": 0.05}
+    kwargs = {"num_labels": 2} if head == "sequence_classification" else {}
     torch.manual_seed(0)
-    plain = load_model(tiny_bert_cfg, head="sequence_classification", num_labels=2)
+    plain = load_model(model_cfg_loader(model_name), head=head, **kwargs)
     names = compress(plain, saten)
     torch.manual_seed(0)
-    model = load_model(tiny_bert_cfg, head="sequence_classification", num_labels=2)
+    model = load_model(model_cfg_loader(model_name), head=head, **kwargs)
     schedule = {"progressive": True, "start_eps": 0.3, "start_density": 0.1, "steps": 2, "end": 0.5}
     replaced, stages = compress_for_training(model, saten, None, None, None, schedule)
     assert replaced == names
