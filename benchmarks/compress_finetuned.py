@@ -50,14 +50,16 @@ def main() -> None:
     metric = cfg.task.metric
     command = (f"python benchmarks/compress_finetuned.py --run {args.run} --eps "
                f"{' '.join(str(e) for e in args.eps)} --density {args.density}")
-    lines = [f"# Compressing the fine-tuned dense {cfg.model.name} {task} model, no training afterwards", "",
+    title = f"# Compressing the fine-tuned dense {cfg.model.name} {task} model, no training afterwards"
+    lines = [title, "",
              *machine_lines(command), "",
-             f"The dense run: `{args.run}` (its own dev split, main metric {metric}). Saten(u) on every encoder",
-             f"Linear at density {args.density}; targeted ratio as in results/compression/.", "",
+             f"The dense run: `{args.run}` (its own dev split, main metric {metric}). Saten(u) on every",
+             f"encoder Linear at density {args.density}; targeted ratio as in results/compression/.", "",
              f"| ε | targeted ratio | mean error TT+S | {metric} | accuracy |", "|---:|---:|---:|---:|---:|"]
     torch.manual_seed(0)
     dense = evaluate(load_run(args.run), datamodule)
-    lines.append(f"| dense | 1 | 0 | {100 * dense[metric]:.1f} | {100 * dense.get('accuracy', float('nan')):.1f} |")
+    accuracy = 100 * dense.get("accuracy", float("nan"))
+    lines.append(f"| dense | 1 | 0 | {100 * dense[metric]:.1f} | {accuracy:.1f} |")
     print(lines[-1], flush=True)
     for eps in args.eps:
         module = load_run(args.run)
