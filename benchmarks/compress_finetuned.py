@@ -68,7 +68,8 @@ def main() -> None:
         layers = report["layers"]
         metrics = evaluate(module, datamodule)
         error = sum(r["rel_error"] for r in layers) / len(layers)
-        lines.append(f"| {eps} | {report['total']['ratio']:.4f} | {error:.3f} | {100 * metrics[metric]:.1f} | "
+        lines.append(f"| {eps} | {report['total']['ratio']:.4f} | {error:.3f} | "
+                     f"{100 * metrics[metric]:.1f} | "
                      f"{100 * metrics.get('accuracy', float('nan')):.1f} |")
         print(lines[-1], flush=True)
     out = args.out or REPO / "results" / f"{task}_compress_finetuned.md"
