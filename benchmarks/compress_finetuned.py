@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from saten import compress, model_report
+from saten.calibration import calibrated_scales, calibration_batches
 from saten.families import build_datamodule
 from saten.lit import load_run
 from saten.models import load_tokenizer
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--run", required=True, type=Path, help="run dir of a finished dense fine-tuning run")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85])
     parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--activation-aware", type=float, default=None, metavar="ALPHA",
+                        help="also compress activation-aware (this alpha, 128 training rows)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     cfg = OmegaConf.load(args.run / "config.yaml")
@@ -49,26 +52,36 @@ def main() -> None:
     datamodule.setup("validate")
     metric = cfg.task.metric
     command = (f"python benchmarks/compress_finetuned.py --run {args.run} --eps "
-               f"{' '.join(str(e) for e in args.eps)} --density {args.density}")
+               f"{' '.join(str(e) for e in args.eps)} --density {args.density}"
+               + (f" --activation-aware {args.activation_aware}" if args.activation_aware else ""))
+    calibration = None
+    if args.activation_aware:
+        calibration = {"samples": 128, "alpha": args.activation_aware, "activation_aware": True}
+        batches = calibration_batches(datamodule, calibration)
     title = f"# Compressing the fine-tuned dense {cfg.model.name} {task} model, no training afterwards"
     lines = [title, "",
              *machine_lines(command), "",
              f"The dense run: `{args.run}` (its own dev split, main metric {metric}). Saten(u) on every",
              f"encoder Linear at density {args.density}; targeted ratio as in results/compression/.", "",
-             f"| ε | targeted ratio | mean error TT+S | {metric} | accuracy |", "|---:|---:|---:|---:|---:|"]
+             f"| ε | calibration | targeted ratio | mean error TT+S | {metric} | accuracy |",
+             "|---:|---|---:|---:|---:|---:|"]
     torch.manual_seed(0)
     dense = evaluate(load_run(args.run), datamodule)
     accuracy = 100 * dense.get("accuracy", float("nan"))
-    lines.append(f"| dense | 1 | 0 | {100 * dense[metric]:.1f} | {accuracy:.1f} |")
+    lines.append(f"| dense | - | 1 | 0 | {100 * dense[metric]:.1f} | {accuracy:.1f} |")
     print(lines[-1], flush=True)
-    for eps in args.eps:
+    variants = [None] + ([calibration] if calibration else [])
+    for eps, calib in ((e, c) for e in args.eps for c in variants):
         module = load_run(args.run)
-        replaced = compress(module.model, {"method": "saten", "eps": eps, "density": args.density})
+        saten = {"method": "saten", "eps": eps, "density": args.density}
+        scales = calibrated_scales(module.model, saten, calib, batches) if calib else None
+        replaced = compress(module.model, saten, channel_scales=scales)
         report = model_report(module.model, replaced)
         layers = report["layers"]
         metrics = evaluate(module, datamodule)
         error = sum(r["rel_error"] for r in layers) / len(layers)
-        lines.append(f"| {eps} | {report['total']['ratio']:.4f} | {error:.3f} | "
+        label = f"activation-aware α {calib['alpha']}" if calib else "none"
+        lines.append(f"| {eps} | {label} | {report['total']['ratio']:.4f} | {error:.3f} | "
                      f"{100 * metrics[metric]:.1f} | "
                      f"{100 * metrics.get('accuracy', float('nan')):.1f} |")
         print(lines[-1], flush=True)
