@@ -55,3 +55,13 @@ def test_language_model_runs_show_protocol_and_test_perplexity(tmp_path):
     assert "wikitext2 test perplexity" in paper
     assert any("train-free" in line for line in paper.splitlines()) and any("lora" in line
                                                                           for line in paper.splitlines())
+
+
+def test_rows_from_an_older_csv_group_with_new_runs():
+    """An older runs.csv has no tt_shape / protocol cells and writes epochs as 3.0: same setting still."""
+    new = {"task": "mrpc", "model": "minilm", "method": "dense", "tt_shape": "balanced", "epochs": "3",
+           "protocol": "fine-tune", "lr": "0.0001", "status": "completed", "best/f1": "0.86"}
+    old = new | {"tt_shape": "", "protocol": "", "epochs": "3.0", "lr": "1e-4", "best/f1": "0.88"}
+    assert tables._key(new, tables.SETTING_KEYS) == tables._key(old, tables.SETTING_KEYS)
+    other = new | {"lr": "0.001"}
+    assert tables._key(other, tables.SETTING_KEYS) != tables._key(new, tables.SETTING_KEYS)

@@ -29,8 +29,26 @@ PERCENT = ("f1", "accuracy", "matthews", "pearson", "spearmanr", "combined", "ac
 TASK_ORDER = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "wnli")
 
 
+# what a row from an older runs.csv (before the column existed) means by an empty cell
+COLUMN_DEFAULTS = {"tt_shape": "balanced", "protocol": "fine-tune"}
+
+
+def _key_value(row: dict, key: str) -> str:
+    """One cell of a grouping key, so that slices from different sessions group together: an empty cell
+    takes the column's default, and numbers compare by value (``3.0`` from a CSV equals ``3``)."""
+    value = row.get(key)
+    if value in (None, ""):
+        value = COLUMN_DEFAULTS.get(key)
+    if value in (None, ""):
+        return "-"
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _key(row: dict, keys) -> tuple:
-    return tuple("-" if row.get(k) in (None, "") else str(row.get(k)) for k in keys)
+    return tuple(_key_value(row, k) for k in keys)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
