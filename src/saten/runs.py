@@ -80,8 +80,10 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
 
 def _schedule_label(cfg: dict) -> str | None:
     """``progressive ε 0.5 → target (4 steps by 50 %)`` for a progressive schedule, else ``None``."""
+    from saten.progressive import schedule_enabled
+
     schedule = cfg.get("schedule") or {}
-    if not schedule.get("progressive"):
+    if not schedule_enabled(schedule):
         return None
     density = schedule.get("start_density")
     start = f"ε {schedule.get('start_eps')}" + (f" d {density}" if density is not None else "")

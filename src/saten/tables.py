@@ -20,8 +20,7 @@ from pathlib import Path
 from saten.runs import collect, failed, finished, main_metric, mean_std, write_csv
 
 CONFIG_KEYS = ("task", "model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores",
-               "lr_sparse", "epochs", "protocol", "calibration", "distill",
-               "schedule")
+               "lr_sparse", "epochs", "protocol", "calibration", "distill", "schedule")
 SETTING_KEYS = ("model", "method", "eps", "density", "svd_ratio", "tt_shape", "lr", "lr_cores", "lr_sparse",
                 "epochs", "protocol", "calibration", "distill", "schedule")
 METRIC_PREFIXES = ("best/", "test/", "val/")

@@ -65,7 +65,9 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
         parts.append("sens")
     if distill_enabled(distill):
         parts.append("kd")
-    if schedule and schedule.get("progressive"):
+    from saten.progressive import schedule_enabled
+
+    if schedule_enabled(schedule):
         parts.append(f"prog{schedule.get('start_eps')}")
     return "_".join(parts)
 
