@@ -169,14 +169,18 @@ class SatenLinear(nn.Module):
             layer.positions.copy_(positions)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
-            norm = float(torch.linalg.vector_norm(w))
-            layer.rel_error_tt = _relative(residual, norm)
-            layer.rel_error = (
-                math.sqrt(max(layer.rel_error_tt**2 - float(kept.square().sum()) / norm**2, 0.0))
-                if norm > 0
-                else 0.0
-            )
+            layer.record_errors(w, residual, kept)
         return layer
+
+    def record_errors(self, weight: torch.Tensor, residual: torch.Tensor, kept: torch.Tensor) -> None:
+        """Set ``rel_error_tt`` (‖TT error‖/‖W‖) and ``rel_error`` (after adding the ``kept`` values)."""
+        norm = float(torch.linalg.vector_norm(weight))
+        self.rel_error_tt = _relative(residual, norm)
+        self.rel_error = (
+            math.sqrt(max(self.rel_error_tt**2 - float(kept.float().square().sum()) / norm**2, 0.0))
+            if norm > 0
+            else 0.0
+        )
 
     @property
     def ranks(self) -> list[int]:

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from saten.errors import ConfigError
-from saten.layers import SatenLinear
+from saten.layers import SatenLinear, _work_dtype
 from saten.sparse import scatter_into, select_positions
 from saten.tt import tt_svd_matrix, tt_to_matrix
 
@@ -145,7 +145,7 @@ def retruncate(layer: SatenLinear, ranks: list[int], nnz: int) -> list[nn.Parame
     returned parameters changed shape or meaning and need fresh optimizer state.
     """
     weight = scatter_into(layer.tt_weight(), layer.positions, layer.values)
-    work = weight.float() if weight.dtype not in (torch.float32, torch.float64) else weight
+    work = weight.to(_work_dtype(weight.dtype))
     cores = tt_svd_matrix(work.T, layer.shape, 0.0, list(ranks[1:-1]))
     residual = work - tt_to_matrix(cores, layer.shape).T
     if layer.sparsity == "nm":
@@ -156,11 +156,7 @@ def retruncate(layer: SatenLinear, ranks: list[int], nnz: int) -> list[nn.Parame
         param.data = core.to(param.dtype).contiguous()
     layer.values.data = residual.reshape(-1)[positions].to(layer.values.dtype)
     layer.positions = positions
-    norm = float(torch.linalg.vector_norm(work))
-    if norm > 0:
-        layer.rel_error_tt = float(torch.linalg.vector_norm(residual)) / norm
-        kept = float(layer.values.float().square().sum())
-        layer.rel_error = math.sqrt(max(layer.rel_error_tt**2 - kept / norm**2, 0.0))
+    layer.record_errors(work, residual, layer.values.detach())
     return [*layer.cores, layer.values]
 
 
