@@ -102,3 +102,53 @@ def test_dense_teacher_run_then_distilled_student_run(mini_glue, tmp_path):
     with pytest.raises(ConfigError, match="trained on mrpc"):
         run(compose_config(wrong_task, tmp_path / "wrong"))
 
+
+
+def test_init_from_teacher_compresses_the_fine_tuned_model(mini_glue, tmp_path):
+    """The student starts from the dense teacher's weights (head included); reloads need no teacher."""
+    import shutil
+
+    from saten.lit import load_run
+    from saten.lit.classification import build_module
+    from saten.train import run, run_tag
+
+    teacher_dir = tmp_path / "teacher"
+    run(compose_config([*shrink_overrides(mini_glue, "mrpc", "dense"), *ONE_STEP], teacher_dir))
+    teacher = load_run(teacher_dir).model.state_dict()
+    overrides = [*shrink_overrides(mini_glue, "mrpc", "saten_u"), *ONE_STEP, f"distill.teacher={teacher_dir}",
+                 "distill.init_from_teacher=true"]
+    cfg = compose_config(overrides, tmp_path / "student")
+    fresh, reloaded = build_module(cfg, fresh=True).model, build_module(cfg).model
+    for name in ("classifier.weight", "bert.embeddings.word_embeddings.weight"):
+        assert torch.equal(fresh.state_dict()[name], teacher[name])
+        assert not torch.equal(reloaded.state_dict()[name], teacher[name])  # a reload keeps its own init
+    dense = compose_config([*shrink_overrides(mini_glue, "mrpc", "dense"), *ONE_STEP, *overrides[-2:]],
+                           tmp_path / "dense")
+    assert _same_weights(build_module(dense, fresh=True).model.state_dict(), teacher)
+
+    assert run_tag("saten_u", cfg.saten, distill=cfg.distill).endswith("_fromteacher")
+    summary = run(cfg)
+    assert math.isfinite(summary["best/f1"])
+    student = load_run(tmp_path / "student").model.state_dict()
+    shutil.rmtree(teacher_dir)  # the finished student reloads without its teacher
+    assert _same_weights(load_run(tmp_path / "student").model.state_dict(), student)
+
+
+def _same_weights(state: dict, reference: dict) -> bool:
+    return state.keys() == reference.keys() and all(torch.equal(v, reference[k]) for k, v in state.items())
+
+
+def test_init_from_teacher_refuses_compressed_teachers_and_lm_tasks(mini_glue, tmp_path):
+    from saten.train import run
+    from saten.validate import check_method_config
+
+    compressed = tmp_path / "compressed"
+    run(compose_config([*shrink_overrides(mini_glue, "mrpc", "saten_u"), *ONE_STEP], compressed))
+    overrides = [*shrink_overrides(mini_glue, "mrpc", "saten_u"), *ONE_STEP, f"distill.teacher={compressed}",
+                 "distill.init_from_teacher=true"]
+    with pytest.raises(ConfigError, match="a compressed run .*needs a dense run"):
+        run(compose_config(overrides, tmp_path / "student"))
+    lm = compose_config(["model=tiny_llama", "task=wikitext2", f"distill.teacher={compressed}",
+                         "distill.init_from_teacher=true"], tmp_path / "lm")
+    with pytest.raises(ConfigError, match="task.kind=lm; use distill=none"):
+        check_method_config(lm)

@@ -9,6 +9,10 @@ term matches every layer's output (``output_hidden_states``, embeddings included
 teacher of the same architecture, as layer-wise distillation of tensor-compressed BERT does. The teacher
 is a finished dense run of this pipeline (a run dir or a ``.ckpt``), frozen, in eval mode, and never part
 of the student's state dict, optimizer or checkpoints.
+
+``init_from_teacher`` (with or without distillation terms) starts the student from the teacher's fine-tuned
+weights, task head included, before it is compressed: the post-training setting of compressing a model
+that already knows the task, instead of compressing the pretrained one and learning the task afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch.nn import functional as F
 
 from saten.errors import ConfigError
 
-__all__ = ["Distiller", "distill_enabled", "load_teacher"]
+__all__ = ["Distiller", "distill_enabled", "init_from_teacher", "load_teacher", "uses_teacher"]
 
 
 def distill_enabled(cfg: Mapping | None) -> bool:
@@ -31,18 +35,17 @@ def distill_enabled(cfg: Mapping | None) -> bool:
     return bool(cfg.get("kd_weight") or cfg.get("hidden_weight"))
 
 
+def uses_teacher(cfg: Mapping | None) -> bool:
+    """Whether the ``distill`` config needs a teacher run (a distillation term or ``init_from_teacher``)."""
+    return distill_enabled(cfg) or bool((cfg or {}).get("init_from_teacher"))
+
+
 def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False) -> None:
     """One-line errors for bad ``distill`` values (before any model is loaded)."""
-    if not distill_enabled(cfg):
+    if not uses_teacher(cfg):
         return
-    kd, hidden = cfg.get("kd_weight") or 0.0, cfg.get("hidden_weight") or 0.0
-    temperature = cfg.get("temperature")
-    if not 0 <= kd <= 1:
-        raise ConfigError(f"distill.kd_weight={kd}: must lie in [0, 1] (0 = task loss only)")
-    if hidden < 0:
-        raise ConfigError(f"distill.hidden_weight={hidden}: must be >= 0")
-    if temperature is None or temperature <= 0:
-        raise ConfigError(f"distill.temperature={temperature}: must be > 0, e.g. 2.0")
+    if distill_enabled(cfg):
+        _check_loss_weights(cfg)
     teacher = cfg.get("teacher")
     if not teacher:
         raise ConfigError("distill.teacher=null: pass the run dir (or .ckpt) of a dense fine-tuned run of "
@@ -52,8 +55,19 @@ def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False) 
                           f"first (python run.py task=<task> saten=dense) and pass its run dir")
 
 
-def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
-    """The teacher's HF model from a run dir or ``.ckpt`` of the same task, frozen and in eval mode."""
+def _check_loss_weights(cfg: Mapping) -> None:
+    kd, hidden = cfg.get("kd_weight") or 0.0, cfg.get("hidden_weight") or 0.0
+    temperature = cfg.get("temperature")
+    if not 0 <= kd <= 1:
+        raise ConfigError(f"distill.kd_weight={kd}: must lie in [0, 1] (0 = task loss only)")
+    if hidden < 0:
+        raise ConfigError(f"distill.hidden_weight={hidden}: must be >= 0")
+    if temperature is None or temperature <= 0:
+        raise ConfigError(f"distill.temperature={temperature}: must be > 0, e.g. 2.0")
+
+
+def _teacher_run(cfg: Mapping, task_name: str):
+    """The teacher's LightningModule from a run dir or ``.ckpt`` of the same task."""
     from saten.lit import load_run
     from saten.lit.classification import GlueClassifier
 
@@ -67,8 +81,29 @@ def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
     if trained_on != task_name:
         raise ConfigError(f"distill.teacher={path}: trained on {trained_on}, not {task_name}; pass a "
                           f"teacher run of task={task_name}")
-    teacher = module.model.eval().requires_grad_(False)
-    return teacher
+    return module
+
+
+def load_teacher(cfg: Mapping, task_name: str) -> nn.Module:
+    """The teacher's HF model from a run dir or ``.ckpt`` of the same task, frozen and in eval mode."""
+    return _teacher_run(cfg, task_name).model.eval().requires_grad_(False)
+
+
+def init_from_teacher(model: nn.Module, cfg: Mapping, task_name: str, model_name: str) -> None:
+    """Copy the dense teacher's weights (encoder and task head) into ``model``, which is not compressed yet.
+
+    Raises :class:`ConfigError` for a compressed teacher or one of another model.
+    """
+    module = _teacher_run(cfg, task_name)
+    where = f"distill.teacher={cfg['teacher']}"
+    if module.replaced:
+        raise ConfigError(f"{where}: a compressed run ({len(module.replaced)} layers replaced); "
+                          f"distill.init_from_teacher needs a dense run (saten=dense) of the same model")
+    teacher_model = module.hparams.model.get("name")
+    if teacher_model != model_name:
+        raise ConfigError(f"{where}: a model={teacher_model} run; distill.init_from_teacher needs a "
+                          f"model={model_name} teacher")
+    model.load_state_dict(module.model.state_dict(), strict=True)
 
 
 class Distiller:

@@ -31,7 +31,7 @@ def module_class(kind: str):
 
 
 def check_task_config(cfg: DictConfig) -> None:
-    """The task's main metric exists for its family; LoRA only where it is supported; no test files."""
+    """The task's main metric exists for its family; LoRA / distillation only where supported; test files."""
     from saten.lit.lora import check_lora_config, lora_enabled
 
     kind = task_kind(cfg.task)
@@ -41,6 +41,11 @@ def check_task_config(cfg: DictConfig) -> None:
             raise ConfigError(f"lora=lora: LoRA is implemented for task.kind=lm only, not {kind}; use "
                               f"lora=none")
         check_lora_config(lora)
+    from saten.distill import uses_teacher
+
+    if kind == "lm" and uses_teacher(cfg.get("distill")):
+        raise ConfigError(f"distill.teacher={cfg.distill.get('teacher')}: distillation and init_from_teacher "
+                          f"are implemented for classification tasks, not task.kind=lm; use distill=none")
     if kind != "glue" and cfg.get("test_predictions"):
         raise ConfigError(f"test_predictions=true: submission files exist for GLUE only, not task.kind="
                           f"{kind}; set test_predictions=false")

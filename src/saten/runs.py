@@ -72,10 +72,12 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
     from saten.distill import distill_enabled
 
     distill = cfg.get("distill") or {}
-    kd = None
+    teacher = []
     if distill_enabled(distill):
-        kd = f"kd {distill.get('kd_weight')} / hidden {distill.get('hidden_weight')}"
-    return (" + ".join(parts) or None), kd
+        teacher.append(f"kd {distill.get('kd_weight')} / hidden {distill.get('hidden_weight')}")
+    if distill.get("init_from_teacher"):
+        teacher.append("start from teacher")
+    return (" + ".join(parts) or None), (" + ".join(teacher) or None)
 
 
 def _schedule_label(cfg: dict) -> str | None:

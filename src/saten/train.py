@@ -37,6 +37,7 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
 
     Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``;
     ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation,
+    ``_fromteacher`` for a start from the teacher's weights,
     ``_prog0.5`` for progressive tightening from ε 0.5, so that
     runs of different recipes started in the same second never share a folder.
     """
@@ -65,6 +66,8 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
         parts.append("sens")
     if distill_enabled(distill):
         parts.append("kd")
+    if (distill or {}).get("init_from_teacher"):
+        parts.append("fromteacher")
     from saten.progressive import schedule_enabled
 
     if schedule_enabled(schedule):
@@ -231,7 +234,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.train:  # data errors (missing files, malformed rows) surface before the model is loaded
         datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
         datamodule.setup("validate" if cfg.trainer.get("max_epochs") == 0 else "fit")
-        module = build_module(cfg, calibration_batches(datamodule, cfg.get("calibration")))
+        module = build_module(cfg, calibration_batches(datamodule, cfg.get("calibration")), fresh=True)
         if resume is not None:
             match_structure(module, resume.ckpt)
     else:

@@ -51,6 +51,10 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
         The ``optim`` config group (see :func:`saten.lit.optim.build_optimizer`); needed for training only.
     compile : bool
         ``torch.compile`` the model in place.
+    start_from_teacher : bool
+        A fresh training build: with ``distill.init_from_teacher`` the model takes the dense teacher's
+        weights before it is compressed. Reloads leave it off (the saved weights replace them, and the
+        teacher run need not exist any more); not a hyperparameter.
 
     Attributes
     ----------
@@ -69,9 +73,10 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
     def __init__(self, model: Mapping, task: Mapping, saten: Mapping, tt_shape: Mapping | None = None,
                  optim: Mapping | None = None, compile: bool = False, calibration: Mapping | None = None,
                  calibration_batches: list | None = None, distill: Mapping | None = None,
-                 recompute_activations: bool = False, schedule: Mapping | None = None):
+                 recompute_activations: bool = False, schedule: Mapping | None = None,
+                 start_from_teacher: bool = False):
         super().__init__()
-        from saten.distill import check_distill_config
+        from saten.distill import check_distill_config, init_from_teacher
         from saten.models import load_model
         from saten.progressive import compress_for_training
 
@@ -89,6 +94,8 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
         start = time.perf_counter()
         self.model = load_model(model, head="sequence_classification", num_labels=self.spec.num_labels,
                                 problem_type=problem_type)
+        if start_from_teacher and (distill or {}).get("init_from_teacher"):
+            init_from_teacher(self.model, distill, self.spec.name, model.get("name"))
         self.replaced, self.progressive = compress_for_training(self.model, saten, tt_shape, calibration,
                                                                 calibration_batches, schedule)
         self.compress_seconds = time.perf_counter() - start
@@ -197,11 +204,13 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
 
 
 
-def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.LightningModule:
+def build_module(cfg: Mapping, calibration_batches: list | None = None,
+                 fresh: bool = False) -> L.LightningModule:
     """The LightningModule of a full run config (keys model, task, saten, tt_shape, optim, lora).
 
     ``task.kind`` picks the class: ``glue`` :class:`GlueClassifier`, ``superglue``
     :class:`saten.lit.superglue.SuperGlueClassifier`, ``lm`` :class:`saten.lit.causal_lm.CausalLM`.
+    ``fresh`` marks a build for training from scratch (``start_from_teacher`` of :class:`GlueClassifier`).
     """
     kind = cfg["task"].get("kind", "glue")
     if kind == "lm":
@@ -216,7 +225,7 @@ def build_module(cfg: Mapping, calibration_batches: list | None = None) -> L.Lig
                           compile=bool(cfg.get("compile", False)), calibration=cfg.get("calibration"),
                           calibration_batches=calibration_batches, distill=cfg.get("distill"),
                           recompute_activations=bool(cfg.get("recompute_activations", False)),
-                          schedule=cfg.get("schedule"))
+                          schedule=cfg.get("schedule"), start_from_teacher=fresh)
 
 
 def save_run_model(module: GlueClassifier, run_dir: str | Path) -> Path:
