@@ -76,7 +76,7 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
     if distill_enabled(distill):
         teacher.append(f"kd {distill.get('kd_weight')} / hidden {distill.get('hidden_weight')}")
     if distill.get("init_from_teacher"):
-        teacher.append("start from teacher")
+        teacher.append("init from teacher")
     return (" + ".join(parts) or None), (" + ".join(teacher) or None)
 
 
