@@ -103,7 +103,6 @@ def test_dense_teacher_run_then_distilled_student_run(mini_glue, tmp_path):
         run(compose_config(wrong_task, tmp_path / "wrong"))
 
 
-
 def test_init_from_teacher_compresses_the_fine_tuned_model(mini_glue, tmp_path):
     """The student starts from the dense teacher's weights (head included); reloads need no teacher."""
     import shutil
