@@ -151,3 +151,32 @@ def test_init_from_teacher_refuses_compressed_teachers_and_lm_tasks(mini_glue, t
                          "distill.init_from_teacher=true"], tmp_path / "lm")
     with pytest.raises(ConfigError, match="task.kind=lm; use distill=none"):
         check_method_config(lm)
+
+
+def test_teacher_auto_picks_the_newest_dense_run_of_the_same_task_and_seed(mini_glue, tmp_path):
+    from omegaconf import OmegaConf, open_dict
+
+    from saten.distill import find_teacher
+    from saten.train import run
+
+    def config(task, method, seed, run_dir, *extra):
+        cfg = compose_config([*shrink_overrides(mini_glue, task, method), *ONE_STEP, f"seed={seed}", *extra],
+                             run_dir)
+        with open_dict(cfg):
+            cfg.paths.log_dir = str(tmp_path)
+        return cfg
+
+    student = ["distill=kd", "distill.teacher=auto"]
+    with pytest.raises(ConfigError, match="distill.teacher=auto: no completed dense run .*task=mrpc seed=1"):
+        run(config("mrpc", "saten_u", 1, tmp_path / "student0", *student))
+    for name, task, method, seed in (("a", "mrpc", "dense", 1), ("b", "mrpc", "dense", 1),
+                                     ("other_seed", "mrpc", "dense", 2), ("other_task", "rte", "dense", 1),
+                                     ("compressed", "mrpc", "saten_u", 1)):
+        run(config(task, method, seed, tmp_path / "runs" / name))
+    assert find_teacher(tmp_path, config("mrpc", "saten_u", 1, tmp_path / "x")) == tmp_path / "runs" / "b"
+    assert find_teacher(tmp_path, config("mrpc", "saten_u", 2, tmp_path / "x")).name == "other_seed"
+    summary = run(config("mrpc", "saten_u", 1, tmp_path / "student", *student))
+    assert math.isfinite(summary["best/f1"])
+    # the run records the teacher it had, not "auto"
+    recorded = OmegaConf.load(tmp_path / "student" / "config.yaml").distill.teacher
+    assert recorded == str(tmp_path / "runs" / "b")

@@ -5,7 +5,8 @@ import pytest
 from saten.report import compose
 from saten.train import optimized_metric
 
-EXPERIMENTS = ["density_sweep", "method_comparison", "embedding_sparsity", "shape_search", "shape_optuna"]
+EXPERIMENTS = ["density_sweep", "method_comparison", "embedding_sparsity", "shape_search", "shape_optuna",
+               "ablation"]
 BERT_BASE = ["density_sweep", "method_comparison", "embedding_sparsity", "shape_search"]
 
 
@@ -35,6 +36,24 @@ def test_method_presets_read_the_measured_matched_ratios():
         assert cfg.saten.method == method and cfg.saten[key] == value
         assert cfg.hydra.runtime.choices.saten == preset.replace("_at_24", "")  # run dirs name the method
     assert compose(["experiment=method_comparison", "method_preset=dense"]).saten.method == "dense"
+
+
+def test_ablation_rows_switch_one_recipe_part_each_and_dense_runs_first():
+    params = compose(["experiment=ablation"]).hydra.sweeper.params
+    assert list(params)[-1] == "ablation_row" and params["ablation_row"].split(",")[0] == "dense"
+    rows = {row: compose(["experiment=ablation", f"ablation_row={row}"])
+            for row in params["ablation_row"].split(",")}
+    assert rows["dense"].saten.method == "dense"
+    for row, cfg in rows.items():
+        if row != "dense":
+            assert (cfg.saten.method, cfg.saten.eps, cfg.saten.density) == ("saten", 0.85, 0.1)
+        calibration = cfg.calibration
+        assert bool(calibration.activation_aware) == (row in ("activation", "all"))
+        assert bool(calibration.sensitivity) == (row in ("sensitivity", "all"))
+        assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", "sensitivity", "all"))
+        assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == (row in ("distill", "all"))
+    assert rows["paper"].data.train_limit is None
+    assert compose(["experiment=ablation", "task=sst2"]).data.train_limit == 10000
 
 
 @pytest.mark.parametrize("launcher, target", [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")])

@@ -13,10 +13,16 @@ of the student's state dict, optimizer or checkpoints.
 ``init_from_teacher`` (with or without distillation terms) starts the student from the teacher's fine-tuned
 weights, task head included, before it is compressed: the post-training setting of compressing a model
 that already knows the task, instead of compressing the pretrained one and learning the task afterwards.
+
+``distill.teacher=auto`` picks the newest completed dense run under ``paths.log_dir`` of the same model,
+task, seed and training subset (:func:`find_teacher`); the chosen run dir replaces ``auto`` before the run
+writes its ``config.yaml``, so the run records which teacher it had. A multirun that lists the dense row
+before the distilled ones (``experiment=ablation``) trains its own teachers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,7 +32,10 @@ from torch.nn import functional as F
 
 from saten.errors import ConfigError
 
-__all__ = ["Distiller", "distill_enabled", "init_from_teacher", "load_teacher", "uses_teacher"]
+__all__ = ["Distiller", "distill_enabled", "find_teacher", "init_from_teacher", "load_teacher",
+           "resolve_teacher", "uses_teacher"]
+log = logging.getLogger(__name__)
+AUTO = "auto"
 
 
 def distill_enabled(cfg: Mapping | None) -> bool:
@@ -50,7 +59,7 @@ def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False) 
     if not teacher:
         raise ConfigError("distill.teacher=null: pass the run dir (or .ckpt) of a dense fine-tuned run of "
                           "the same task, e.g. distill.teacher=logs/runs/mrpc/dense/<time>")
-    if teacher_must_exist and not Path(str(teacher)).exists():
+    if teacher_must_exist and str(teacher) != AUTO and not Path(str(teacher)).exists():
         raise ConfigError(f"distill.teacher={teacher}: no such run dir or checkpoint; train the teacher "
                           f"first (python run.py task=<task> saten=dense) and pass its run dir")
 
@@ -64,6 +73,66 @@ def _check_loss_weights(cfg: Mapping) -> None:
         raise ConfigError(f"distill.hidden_weight={hidden}: must be >= 0")
     if temperature is None or temperature <= 0:
         raise ConfigError(f"distill.temperature={temperature}: must be > 0, e.g. 2.0")
+
+
+def _matching_keys(cfg: Mapping) -> dict:
+    """What a teacher must share with its student: model, task, seed and training subset."""
+    from saten.lit.classification import to_plain
+
+    data = cfg.get("data") or {}
+    return {"model": to_plain(cfg.get("model")), "task": to_plain(cfg.get("task")), "seed": cfg.get("seed"),
+            "train_limit": data.get("train_limit")}
+
+
+def _is_dense_teacher(run_dir: Path) -> bool:
+    """A completed, trained dense run (no LoRA) whose weights are saved."""
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    finished = summary.get("status") == "completed" and bool(summary.get("trained"))
+    saved = (run_dir / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file()
+    return finished and summary.get("method") == "dense" and saved
+
+
+def find_teacher(log_dir: str | Path, cfg: Mapping) -> Path:
+    """The newest completed dense run dir under ``log_dir`` with the model, task, seed and train subset of
+    ``cfg`` (a composed run config).
+
+    Raises
+    ------
+    ConfigError
+        When there is none, naming the command that trains it.
+    """
+    from omegaconf import OmegaConf
+
+    wanted = _matching_keys(cfg)
+    summaries = sorted(Path(log_dir).glob("**/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for run_dir in (path.parent for path in summaries):
+        if not _is_dense_teacher(run_dir):
+            continue
+        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        if not (saved.get("lora") or {}).get("r") and _matching_keys(saved) == wanted:
+            return run_dir
+    task, model, seed = wanted["task"]["name"], wanted["model"]["name"], wanted["seed"]
+    raise ConfigError(f"distill.teacher=auto: no completed dense run of model={model} task={task} "
+                      f"seed={seed} under {log_dir}; train it first (python run.py model={model} task={task} "
+                      f"seed={seed} saten=dense) or pass distill.teacher=<run dir>")
+
+
+def resolve_teacher(cfg, resumed_run: Path | None = None) -> None:
+    """Replace ``distill.teacher=auto`` in a composed run config by the run dir :func:`find_teacher` picks
+    (a resumed run: the teacher its own ``config.yaml`` recorded)."""
+    from omegaconf import OmegaConf
+
+    distill = cfg.get("distill")
+    if not uses_teacher(distill) or str(distill.get("teacher")) != AUTO:
+        return
+    saved = resumed_run / "config.yaml" if resumed_run is not None else None
+    if saved is not None and saved.is_file():
+        cfg.distill.teacher = OmegaConf.load(saved).distill.teacher
+    else:
+        cfg.distill.teacher = str(find_teacher(cfg.paths.log_dir, cfg))
+    log.info("distill.teacher=auto: %s", cfg.distill.teacher)
 
 
 def _teacher_run(cfg: Mapping, task_name: str):

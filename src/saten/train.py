@@ -216,6 +216,7 @@ def run(cfg: DictConfig) -> dict:
         For a bad config value (caught by ``run.py``: one line on stderr, exit code 2).
     """
     from saten.calibration import calibration_batches
+    from saten.distill import resolve_teacher
     from saten.families import build_datamodule, task_kind
     from saten.lit import build_module
     from saten.models import load_tokenizer
@@ -225,6 +226,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.train:
         check_model_plan(cfg)  # on an empty (meta) model: no weights loaded yet
     resume = resolve_resume(cfg)
+    if cfg.train:  # distill.teacher=auto -> a run dir, recorded in config.yaml (a resumed run keeps its own)
+        resolve_teacher(cfg, resume.run_dir if resume else None)
     if resume is not None and resume.run_dir is not None:  # ckpt_path=last / <run dir>: continue there
         cfg.paths.output_dir = str(resume.run_dir)
     run_dir = Path(cfg.paths.output_dir)
