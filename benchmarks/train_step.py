@@ -11,7 +11,10 @@ Linears at ε 0.8 / density 0.1 (Saten configurations), build AdamW over the tra
   ``/proc/self/clear_refs``) minus its RSS just before the first step (after ``malloc_trim``, so that heap
   freed by loading and compressing is not reused unseen);
 - saved for backward: bytes of the distinct tensors other than parameters and buffers that autograd
-  saves in one forward pass (measured after the timed steps, so it does not touch the peak).
+  saves in one forward pass (measured after the timed steps, so it does not touch the peak);
+- matmul FLOPs of one forward + backward pass (``torch.utils.flop_counter``: every matrix product, the
+  rebuilds of Saten's weights included; elementwise work and the optimizer are not counted), measured after
+  the timed steps: on a compute-bound CPU the step time cannot fall below dense while this exceeds dense.
 """
 
 from __future__ import annotations
@@ -92,6 +95,17 @@ def _saved_bytes(model, batch) -> int:
     return sum(seen.values())
 
 
+def _step_flops(model, batch) -> int:
+    """Matrix-product FLOPs of one forward + backward pass (gradients are discarded)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
     """One configuration, measured in this process; returns the result row."""
     from saten.autograd import recompute_activations, set_recompute
@@ -128,6 +142,7 @@ def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
         times.append(time.perf_counter() - start)
     peak_kib = _status_kib("VmHWM")
     saved = _saved_bytes(model, batch)
+    flops = _step_flops(model, batch)
     timed = times[2:] or times
     return {
         "config": config,
@@ -140,6 +155,7 @@ def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
         "rss_before_mib": before_kib / 1024,
         "peak_rss_mib": peak_kib / 1024,
         "saved_for_backward_mib": saved / MIB,
+        "gflop_per_step": flops / 1e9,
         "peak_reset": peak_reset,
         "heap_trimmed": trimmed,
         "threads": torch.get_num_threads(),
@@ -173,6 +189,7 @@ def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
     for row in rows:
         row["time_vs_dense"] = row["step_s_median"] / dense["step_s_median"] if dense else None
         row["mem_vs_dense"] = row["train_mem_mib"] / dense["train_mem_mib"] if dense else None
+        row["flops_vs_dense"] = row["gflop_per_step"] / dense["gflop_per_step"] if dense else None
     return rows
 
 
@@ -202,17 +219,20 @@ def write(rows: list[dict], out: Path, args, load_at_start: str | None = None) -
              f"median over {timed}. Training memory: "
              "peak RSS over the steps minus RSS just before the first",
              "step (gradients, AdamW state, activations, temporaries). Saved for backward: distinct tensors",
-             "other than parameters and buffers that autograd keeps after one forward pass.",
+             "other than parameters and buffers that autograd keeps after one forward pass. GFLOP: matrix",
+             "products of one forward + backward pass (torch.utils.flop_counter; Saten's weight rebuilds",
+             "included, elementwise work and the optimizer not).",
              f"Values are medians over {args.repeats} repeat(s) per configuration.", "",
              "Targets (issue 8): Saten step time <= 1.0x dense, training memory <= 0.9x dense.", "",
              "| config | trainable params | step s | vs dense | train memory MiB | vs dense "
-             "| saved for backward MiB | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| saved for backward MiB | peak RSS MiB | GFLOP | vs dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['trainable_params'] / 1e6:.2f}M | {r['step_s_median']:.3f} "
                      f"| {_ratio(r['time_vs_dense'])} | {r['train_mem_mib']:.0f} "
                      f"| {_ratio(r['mem_vs_dense'])} | {r['saved_for_backward_mib']:.0f} "
-                     f"| {r['peak_rss_mib']:.0f} |")
+                     f"| {r['peak_rss_mib']:.0f} | {r['gflop_per_step']:.1f} "
+                     f"| {_ratio(r['flops_vs_dense'])} |")
     lines += ["", *[f"- {name}: {CONFIGS[name]}" for name in args.configs]]
     if not all(r["peak_reset"] for r in rows):
         lines += ["", "Warning: VmHWM could not be reset; training memory is an upper bound."]
