@@ -71,7 +71,8 @@ def plot_all(points: list[dict], out: Path, title: str) -> list[Path]:
                 series.setdefault(p["series"], []).append((p["x"], p["mean"], p["std"]))
             paths.append(metric_curves(series, out / f"{task}_vs_{axis}.png", xlabel,
                                        f"{task} {mine[0]['metric']} (dev, mean ± std over seeds)",
-                                       f"{title}: {task}", xscale))
+                                       f"{title}: {task}", xscale,
+                                       references=("dense",) if axis == "density" else ()))
     return paths
 
 

@@ -67,12 +67,18 @@ def shape_pareto(points: list[dict], path: Path, title: str) -> Path:
 
 
 def metric_curves(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str,
-                  title: str, xscale: str = "linear") -> Path:
-    """Line plot of ``{label: [(x, mean, std), …]}`` with ±std error bars."""
+                  title: str, xscale: str = "linear", references: tuple[str, ...] = ()) -> Path:
+    """Line plot of ``{label: [(x, mean, std), …]}`` with ±std error bars; a series named in
+    ``references`` with a single point (e.g. dense on the density axis) is a horizontal line with a ±std band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, pts in series.items():
         pts = sorted(pts)
+        if label in references and len(pts) == 1:
+            _, mean, std = pts[0]
+            line = ax.axhline(mean, linestyle="--", color="gray", label=f"{label} (± std)")
+            ax.axhspan(mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            continue
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
                     capsize=3, label=label)
     ax.set_xscale(xscale)
