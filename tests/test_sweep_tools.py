@@ -81,6 +81,20 @@ def test_select_picks_the_best_metric_per_ratio_on_the_front():
     assert [c["tt_shape"] for c in front] == ["d", "a", "c"] and winner["tt_shape"] == "a"
 
 
+def test_max_macs_drops_shapes_costlier_than_the_reference():
+    from saten.shape_select import select, within_macs
+
+    cands = [{"tt_shape": "balanced", "params": 100, "macs": 5.0, "mean": 0.80, "per_ratio": 1.6},
+             {"tt_shape": "interleaved", "params": 90, "macs": 77.0, "mean": 0.80, "per_ratio": 1.8},
+             {"tt_shape": "plain", "params": 95, "macs": 4.9, "mean": 0.79, "per_ratio": 1.66}]
+    assert select(cands)[0]["tt_shape"] == "interleaved"
+    kept = within_macs(cands, 1.0, "balanced")
+    assert [c["tt_shape"] for c in kept] == ["balanced", "plain"] and select(kept)[0]["tt_shape"] == "plain"
+    assert within_macs(cands, None, "balanced") == cands
+    with pytest.raises(ValueError, match="--reference order3: no finished run"):
+        within_macs(cands, 1.0, "order3")
+
+
 @pytest.mark.slow
 def test_shape_select_from_a_tiny_shape_sweep(tmp_path, mini_glue, monkeypatch):
     from omegaconf import OmegaConf

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["metric_curves", "pareto_front", "shape_pareto"]
+__all__ = ["labelled_front", "metric_curves", "pareto_front", "shape_pareto"]
 
 
 def _pyplot():
@@ -68,8 +68,8 @@ def shape_pareto(points: list[dict], path: Path, title: str) -> Path:
 
 def metric_curves(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str,
                   title: str, xscale: str = "linear", references: tuple[str, ...] = ()) -> Path:
-    """Line plot of ``{label: [(x, mean, std), …]}`` with ±std error bars; a series named in
-    ``references`` with a single point (e.g. dense on the density axis) is a horizontal line with a ±std band."""
+    """Line plot of ``{label: [(x, mean, std), …]}`` with ±std error bars; a series named in ``references``
+    with a single point (e.g. dense on the density axis) is drawn as a horizontal line with a ±std band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, pts in series.items():
@@ -88,6 +88,34 @@ def metric_curves(series: dict[str, list[tuple[float, float, float]]], path: Pat
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def labelled_front(points: list[dict], front: list[dict], chosen: dict, path: Path, xlabel: str, ylabel: str,
+                   title: str) -> Path:
+    """Every candidate as a labelled point (``label``, ``x``, ``mean``, ``std``) with ±std bars, the Pareto
+    front as a step line and the chosen one circled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.errorbar([p["x"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                fmt="o", capsize=3, color="C0", label="fine-tuned shape")
+    offsets = [(4, 5), (4, -11), (4, 15), (4, -21)]  # neighbours in x get different heights
+    for k, point in enumerate(sorted(points, key=lambda p: p["x"])):
+        ax.annotate(point["label"], (point["x"], point["mean"]), textcoords="offset points", fontsize=7,
+                    xytext=offsets[k % len(offsets)])
+    ax.margins(x=0.1, y=0.25)
+    ax.step([p["x"] for p in front], [p["mean"] for p in front], where="post", color="red",
+            label="Pareto front")
+    ax.plot([chosen["x"]], [chosen["mean"]], "o", markersize=14, markerfacecolor="none", color="black",
+            label=f"selected: {chosen['label']}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
