@@ -88,7 +88,10 @@ def _is_dense_teacher(run_dir: Path) -> bool:
     """A completed, trained dense run (no LoRA) whose weights are saved."""
     import json
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):  # being written by a running job
+        return False
     finished = summary.get("status") == "completed" and bool(summary.get("trained"))
     saved = (run_dir / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file()
     return finished and summary.get("method") == "dense" and saved
