@@ -106,8 +106,8 @@ def _step_flops(model, batch) -> int:
     return counter.get_total_flops()
 
 
-def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
-    """One configuration, measured in this process; returns the result row."""
+def setup(config: str, batch_size: int, seq: int):
+    """MiniLM with a 2-class head prepared as ``config``: ``(model, optimizer, batch, dense_params)``."""
     from saten.autograd import recompute_activations, set_recompute
     from saten.compress import compress
     from saten.models import load_model
@@ -121,25 +121,34 @@ def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
     if config.endswith("_act"):
         recompute_activations(model)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     batch = {
         "input_ids": torch.randint(0, model.config.vocab_size, (batch_size, seq), generator=generator),
         "attention_mask": torch.ones(batch_size, seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (batch_size,), generator=generator),
     }
+    return model, optimizer, batch, dense_params
+
+
+def timed_step(model, optimizer, batch) -> float:
+    """Seconds of one training step: forward, backward, optimizer step."""
+    start = time.perf_counter()
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def worker(config: str, steps: int, batch_size: int, seq: int) -> dict:
+    """One configuration, measured in this process; returns the result row."""
+    model, optimizer, batch, dense_params = setup(config, batch_size, seq)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     gc.collect()
     trimmed = _trim_heap()
     before_kib = _status_kib("VmRSS")
     peak_reset = _reset_peak()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
+    times = [timed_step(model, optimizer, batch) for _ in range(steps)]
     peak_kib = _status_kib("VmHWM")
     saved = _saved_bytes(model, batch)
     flops = _step_flops(model, batch)
