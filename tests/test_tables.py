@@ -65,3 +65,19 @@ def test_rows_from_an_older_csv_group_with_new_runs():
     assert tables._key(new, tables.SETTING_KEYS) == tables._key(old, tables.SETTING_KEYS)
     other = new | {"lr": "0.001"}
     assert tables._key(other, tables.SETTING_KEYS) != tables._key(new, tables.SETTING_KEYS)
+
+
+def test_newest_runs_orders_by_marker_time_and_returns_run_dirs(tmp_path):
+    import os
+
+    from saten.runs import newest_runs
+
+    for age, name in enumerate(["new", "old"]):
+        ckpt = tmp_path / "multiruns" / name / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_text("x")
+        os.utime(ckpt, (1000 - age, 1000 - age))
+    (tmp_path / "no_ckpt").mkdir()
+    found = newest_runs(tmp_path, "checkpoints/last.ckpt")
+    assert found == [tmp_path / "multiruns" / "new", tmp_path / "multiruns" / "old"]
+    assert newest_runs(tmp_path, "summary.json") == []

@@ -108,9 +108,10 @@ def find_teacher(log_dir: str | Path, cfg: Mapping) -> Path:
     """
     from omegaconf import OmegaConf
 
+    from saten.runs import newest_runs
+
     wanted = _matching_keys(cfg)
-    summaries = sorted(Path(log_dir).glob("**/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for run_dir in (path.parent for path in summaries):
+    for run_dir in newest_runs(log_dir, "summary.json"):
         if not _is_dense_teacher(run_dir):
             continue
         saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))

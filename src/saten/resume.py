@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from saten.errors import ConfigError
+from saten.runs import newest_runs
 
 __all__ = ["EpochSeed", "LastCheckpoint", "Resume", "match_structure", "resolve"]
 
@@ -138,9 +139,7 @@ def find_last(cfg: DictConfig) -> Path:
     log_dir = Path(cfg.paths.log_dir)
     own = Path(cfg.paths.output_dir).resolve()
     wanted = {key: _plain(cfg.get(key)) for key in SAME}
-    candidates = sorted(log_dir.glob(f"**/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for ckpt in candidates:
-        run_dir = ckpt.parent.parent
+    for run_dir in newest_runs(log_dir, f"checkpoints/{LAST}"):
         if run_dir.resolve() == own or not (run_dir / "config.yaml").is_file():
             continue
         saved = OmegaConf.load(run_dir / "config.yaml")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from saten.provenance import cpu_model
 
-__all__ = ["collect", "failed", "finished", "main_metric", "mean_std", "method_label", "read_run",
-           "write_csv"]
+__all__ = ["collect", "failed", "finished", "main_metric", "mean_std", "method_label", "newest_runs",
+           "read_run", "write_csv"]
 
 TEXT_KEYS = ("task", "model", "method", "command", "job", "git", "cpu", "run_dir", "status", "error",
              "saten_choice", "tt_shape", "method_preset", "metric", "sparsity", "protocol", "calibration",
@@ -181,6 +181,14 @@ def collect(paths: list[Path]) -> list[dict]:
                 seen.add(row["run_dir"])
                 rows.append(row)
     return rows
+
+
+def newest_runs(log_dir: str | Path, marker: str) -> list[Path]:
+    """Run dirs under ``log_dir`` that hold ``marker`` (a path relative to the run dir, e.g.
+    ``"summary.json"`` or ``"checkpoints/last.ckpt"``), newest marker first."""
+    depth = len(Path(marker).parts)
+    found = sorted(Path(log_dir).glob(f"**/{marker}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [path.parents[depth - 1] for path in found]
 
 
 def finished(rows: list[dict]) -> list[dict]:
