@@ -205,6 +205,7 @@ class RunSummary(Callback):
                         "global_step": trainer.global_step,
                         "seconds": self.fit_seconds if self.trained else time.perf_counter() - self.start})
         summary.update({f"best/{k}": v for k, v in getattr(pl_module, "best", {}).items()})
+        summary.update(getattr(pl_module, "recovery", None) or {})  # saten.recover: errors before / after
         summary.update(self.final)
         return summary
 

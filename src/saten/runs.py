@@ -62,13 +62,17 @@ def _protocol(summary: dict, cfg: dict) -> str:
 
 
 def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
-    """Short labels of the calibration and distillation switches (``None`` when off)."""
+    """Short labels of the compression-stage switches (calibration, recovery) and of distillation
+    (``None`` when off)."""
     cal = cfg.get("calibration") or {}
     parts = []
     if cal.get("samples") and cal.get("activation_aware", True):
         parts.append(f"activation-aware α {cal.get('alpha', 0.5)}")
     if cal.get("samples") and cal.get("sensitivity"):
         parts.append("sensitivity budget")
+    recover = cfg.get("recover") or {}
+    if recover.get("steps"):
+        parts.append(f"recovered {recover['steps']} steps on {recover.get('corpus')}")
     from saten.distill import distill_enabled
 
     distill = cfg.get("distill") or {}
@@ -133,6 +137,7 @@ def read_run(run_dir: Path) -> dict:
         "seconds": summary.get("seconds"),
     }
     row.update({k: v for k, v in summary.items() if k.startswith("best/") and k != "best/epoch"})
+    row.update({k: v for k, v in summary.items() if k.startswith("recover/error")})
     # held-out test metrics (perplexity), and the final validation metric of runs that never trained
     row.update({k: v for k, v in summary.items() if k.startswith("test/") and k != "test/tokens"})
     if row["protocol"] == "train-free" or task.get("kind") == "lm":

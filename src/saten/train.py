@@ -32,13 +32,14 @@ def metric_mode(monitor: str) -> str:
 
 
 def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = None,
-            distill: Mapping | None = None, schedule: Mapping | None = None) -> str:
+            distill: Mapping | None = None, schedule: Mapping | None = None,
+            recover: Mapping | None = None) -> str:
     """Short name of a compression setting for run dirs and W&B (OmegaConf resolver ``run_tag``).
 
     Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``;
     ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation,
     ``_fromteacher`` for a start from the teacher's weights,
-    ``_prog0.5`` for progressive tightening from ε 0.5, so that
+    ``_prog0.5`` for progressive tightening from ε 0.5, ``_rec300`` for 300 recovery steps, so that
     runs of different recipes started in the same second never share a folder.
     """
     method = saten.get("method")
@@ -72,6 +73,8 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
 
     if schedule_enabled(schedule):
         parts.append(f"prog{schedule.get('start_eps')}")
+    if (recover or {}).get("steps"):
+        parts.append(f"rec{recover.get('steps')}")
     return "_".join(parts)
 
 
@@ -221,6 +224,7 @@ def run(cfg: DictConfig) -> dict:
     from saten.lit import build_module
     from saten.models import load_tokenizer
     from saten.progressive import ProgressiveTightening, schedule_enabled
+    from saten.recover import recover_enabled, recover_run
 
     check_config(cfg)
     if cfg.train:
@@ -240,6 +244,8 @@ def run(cfg: DictConfig) -> dict:
         module = build_module(cfg, calibration_batches(datamodule, cfg.get("calibration")), fresh=True)
         if resume is not None:
             match_structure(module, resume.ckpt)
+        elif recover_enabled(cfg.get("recover")):  # a resumed run's checkpoint holds the recovered values
+            recover_run(module, cfg)
     else:
         module = load_for_eval(cfg)
         datamodule = build_datamodule(cfg, load_tokenizer(module.hparams.model), task=module.hparams.task)

@@ -70,8 +70,10 @@ def read_eval_text(corpus: str, split: str, source: str, data_dir: str | os.Path
     return path.read_text(encoding="utf-8")
 
 
-def resolve_train_file(train_corpus: str | None, data_dir: str | os.PathLike | None) -> Path | None:
-    """Path of the fine-tuning text: a ``.txt`` path or a folder (under ``data_dir``) with ``input.txt``."""
+def resolve_train_file(train_corpus: str | None, data_dir: str | os.PathLike | None,
+                       key: str = "data.train_corpus") -> Path | None:
+    """Path of the fine-tuning text: a ``.txt`` path or a folder (under ``data_dir``) with ``input.txt``
+    (``key``: the config key errors name)."""
     if train_corpus in (None, ""):
         return None
     path = Path(str(train_corpus))
@@ -80,12 +82,12 @@ def resolve_train_file(train_corpus: str | None, data_dir: str | os.PathLike | N
     if path.is_dir():
         path = path / "input.txt"
     if not path.is_file():
-        raise ConfigError(f"data.train_corpus={train_corpus}: {path} is not a text file; pass a .txt path or "
+        raise ConfigError(f"{key}={train_corpus}: {path} is not a text file; pass a .txt path or "
                           f"a folder under paths.data_dir holding input.txt (e.g. tinyshakespeare)")
     for spec in CORPORA.values():  # never train on a split that is evaluated
         if path.parent.name == spec["dir"] and path.name in spec["files"].values():
-            raise ConfigError(f"data.train_corpus={train_corpus}: {path.name} is an evaluated split; train "
-                              f"on another corpus (e.g. data.train_corpus=tinyshakespeare)")
+            raise ConfigError(f"{key}={train_corpus}: {path.name} is an evaluated split; train "
+                              f"on another corpus (e.g. {key}=tinyshakespeare)")
     return path
 
 
