@@ -104,6 +104,7 @@ def _batches(chunks: torch.Tensor, batch_size: int, steps: int, seed: int) -> It
 
 
 def _hidden(backbone: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    ids = ids.to(next(backbone.parameters()).device)
     out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
     return out.hidden_states
 
@@ -130,10 +131,8 @@ def fit(student: nn.Module, reference: nn.Module, params: list[nn.Parameter], ch
         cfg: Mapping) -> list[float]:
     """Train ``params`` of ``student`` (a backbone) towards ``reference``'s hidden states; step losses."""
     optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
-    device = next(student.parameters()).device
     losses = []
     for step, ids in enumerate(_batches(chunks, cfg["batch_size"], cfg["steps"], int(cfg.get("seed") or 0))):
-        ids = ids.to(device)
         with torch.no_grad():
             target = _hidden(reference, ids)
         loss = hidden_loss(_hidden(student, ids), target)
@@ -194,9 +193,12 @@ def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: s
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "recovered" / f"{cache_key(params, reference_id, cfg)}.safetensors"
-    was_training = hf.training
+    was_training, home = hf.training, next(hf.parameters()).device
     flags = {name: p.requires_grad for name, p in hf.named_parameters()}
     hf.eval().requires_grad_(False)  # no dropout: the target is the deterministic dense output
+    if torch.cuda.is_available():  # the run's model is still on the CPU here; Lightning moves it later
+        hf.cuda()
+        teacher.cuda()
     try:
         before = relative_error(student, teacher, held_out, cfg["batch_size"])
         cached = path is not None and path.is_file()
@@ -216,7 +218,8 @@ def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: s
     finally:
         for name, p in hf.named_parameters():
             p.requires_grad_(flags[name])
-        hf.train(was_training)
+        hf.train(was_training).to(home)
+        teacher.cpu()
     log.info("recover: held-out hidden-state error %.4f -> %.4f (%s)", before, after,
              "cached" if cached else f"{cfg['steps']} steps")
     return {"recover/error_before": before, "recover/error_after": after, "recover/steps": cfg["steps"],
