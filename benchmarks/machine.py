@@ -30,8 +30,8 @@ def machine_lines(command: str, load_at_start: str | None = None) -> list[str]:
              f"{torch.get_num_threads()} threads", f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"]
     if load_at_start is not None:
         lines.append(f"- load average (1 / 5 / 15 min): {load_at_start} at the start, {load_average()} at "
-                     "the end; the machine was shared with other jobs, so absolute times carry that noise "
-                     "(ratios are measured side by side)")
+                     "the end (above about 1 per busy core, other jobs shared the machine and absolute times "
+                     "carry that noise; ratios are measured side by side)")
     return lines
 
 
