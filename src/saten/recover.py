@@ -4,9 +4,10 @@ Compression at ε 0.85 removes most of what a small model's fine-tuning needs (t
 ``results/mrpc_ablation_minilm``), and a GLUE training set is too small to rebuild it. Recovery runs between
 compression and fine-tuning: for ``recover.steps`` steps it trains only the compressed layers (TT cores,
 sparse values, SVD factors) so that every hidden state of the compressed backbone matches the uncompressed
-one (layer-wise masked MSE, as in TinyBERT's general distillation) on chunks of an unlabeled text corpus
-(default tinyshakespeare, never an evaluated split). The reference is the model the student was compressed
-from: the pretrained backbone, or the fine-tuned teacher with ``distill.init_from_teacher``.
+one (the layer-wise hidden-state MSE of ``saten.distill``, as in TinyBERT's general distillation) on
+chunks of an unlabeled text corpus (default tinyshakespeare, never an evaluated split). The reference is
+the model the student was compressed from: the pretrained backbone, or the fine-tuned teacher with
+``distill.init_from_teacher``.
 
 The result depends only on the compressed weights, the reference and the ``recover`` config, so it is
 cached under ``<paths.cache_dir>/recovered/``: the seeds and tasks of a sweep that compress the same way
@@ -109,12 +110,6 @@ def _hidden(backbone: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return out.hidden_states
 
 
-def hidden_loss(student: tuple, reference: tuple) -> torch.Tensor:
-    """Mean over layers of the mean squared difference of hidden states (no padding in text chunks)."""
-    return torch.stack([(s.float() - t.float()).square().mean() for s, t in zip(student, reference,
-                                                                             strict=True)]).mean()
-
-
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: nn.Module, chunks: torch.Tensor, batch_size: int) -> float:
     """Σ‖h_student − h_reference‖² / Σ‖h_reference‖² over every hidden state of ``chunks``."""
@@ -130,12 +125,14 @@ def relative_error(student: nn.Module, reference: nn.Module, chunks: torch.Tenso
 def fit(student: nn.Module, reference: nn.Module, params: list[nn.Parameter], chunks: torch.Tensor,
         cfg: Mapping) -> list[float]:
     """Train ``params`` of ``student`` (a backbone) towards ``reference``'s hidden states; step losses."""
+    from saten.distill import Distiller  # its layer-wise hidden-state MSE
+
     optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
     losses = []
     for step, ids in enumerate(_batches(chunks, cfg["batch_size"], cfg["steps"], int(cfg.get("seed") or 0))):
         with torch.no_grad():
             target = _hidden(reference, ids)
-        loss = hidden_loss(_hidden(student, ids), target)
+        loss = Distiller._hidden_term(_hidden(student, ids), target, None)  # chunks: no padding
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
