@@ -51,8 +51,9 @@ def test_ablation_rows_switch_one_recipe_part_each_and_dense_runs_first():
         assert bool(calibration.activation_aware) == (row in ("activation", "all"))
         assert bool(calibration.sensitivity) == (row in ("sensitivity", "all"))
         assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", "sensitivity", "all"))
-        assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == (row in ("distill", "all"))
-        assert bool(cfg.recover.steps) == (row == "recover")
+        distilled = row in ("distill", "all", "recover_distill")
+        assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == distilled
+        assert bool(cfg.recover.steps) == (row in ("recover", "recover_distill"))
     assert rows["paper"].data.train_limit is None
     assert compose(["experiment=ablation", "task=sst2"]).data.train_limit == 10000
 
