@@ -199,6 +199,18 @@ def test_activation_aware_models_export_with_their_scales(tiny_llama_cfg, fmt):
     assert (torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected)).item() < 1e-4
 
 
+def test_scales_fold_into_the_pair_only():
+    from saten.inference_layers import FactorizedTTLinear
+
+    torch.manual_seed(3)
+    scale = torch.rand(16) + 0.5
+    layer = SatenLinear.from_linear(nn.Linear(16, 12), eps=0.3, density=0.1, channel_scale=scale)
+    with pytest.raises(ValueError, match="path='cores'"):
+        FactorizedTTLinear.from_saten(layer, path="cores")
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(FactorizedTTLinear.from_saten(layer, path="pair")(x), layer(x))
+
+
 def test_matrix_layout_scales_cannot_be_factorized_but_merge():
     from saten.inference_layers import FactorizedTTLinear, MergedLinear
     from saten.tt import balanced_shape

@@ -14,6 +14,7 @@ from saten.inference_layers import (
     semi_structured_available,
 )
 from saten.models import load_model
+from saten.tt import TTShape
 
 SATEN = {
     "unstructured": {"method": "saten", "eps": 0.5, "density": 0.1},
@@ -67,16 +68,39 @@ def test_formats_match_compressed_model(arch_cfg, saten, format):
 
 
 @pytest.mark.parametrize("kernel", ["csr", "gather"])
-@pytest.mark.parametrize("layout", ["plain", "matrix"])
+@pytest.mark.parametrize("layout, path", [("plain", "pair"), ("plain", "cores"), ("matrix", "cores")])
 @pytest.mark.parametrize("rows", [1, 5])
-def test_factorized_layer_kernels_and_layouts(kernel, layout, rows):
+def test_factorized_layer_kernels_layouts_and_paths(kernel, layout, path, rows):
     torch.manual_seed(0)
     layer = SatenLinear.from_linear(nn.Linear(48, 40), eps=0.5, density=0.2, layout=layout)
     x = torch.randn(3, rows, 48)
-    exported = FactorizedTTLinear.from_saten(layer, kernel)
+    exported = FactorizedTTLinear.from_saten(layer, kernel, path)
     with torch.no_grad():
         assert _rel(exported(x), layer(x)) < TOL
     assert not list(exported.parameters())  # inference tensors are buffers, nothing trainable
+    assert exported.path == path and f"path={path}" in repr(exported)
+    factors = [tuple(f.shape) for f in exported.factors()]
+    assert factors == ([tuple(c.shape) for c in layer.cores] if path == "cores" else factors[:2])
+    again = FactorizedTTLinear.from_spec(exported.spec())
+    again.load_state_dict(exported.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), exported(x), rtol=0, atol=0)
+
+
+def test_cores_path_reads_fewer_bytes_when_outer_ranks_are_truncated():
+    torch.manual_seed(0)
+    # W[o, 12 i + j] = sum_a u[a, i] v[a, j, o]: rank 2 across the first input factor, so r_1 = 2 << 8
+    u, v = torch.randn(2, 8), torch.randn(2, 12, 8)
+    linear = nn.Linear(96, 8)
+    with torch.no_grad():
+        linear.weight.copy_(torch.einsum("ai,ajo->ijo", u, v).reshape(96, 8).t())
+    layer = SatenLinear.from_linear(linear, eps=1e-6, shape=TTShape((8, 12), (2, 4)))
+    assert layer.ranks[1] == 2
+    pair, cores = (FactorizedTTLinear.from_saten(layer, "csr", path) for path in ("pair", "cores"))
+    assert sum(f.numel() for f in cores.factors()) < sum(f.numel() for f in pair.factors()) / 2
+    x = torch.randn(5, 96)
+    with torch.no_grad():
+        assert _rel(cores(x), pair(x)) < TOL
 
 
 def test_auto_times_candidates_and_records_choice(tiny_llama_cfg):
@@ -150,5 +174,7 @@ def test_bad_format_is_one_clear_error(tiny_bert_cfg):
     model = _model(tiny_bert_cfg, "bert", "unstructured")
     with pytest.raises(ValueError, match="format='fast': use one of auto, merged, factorized"):
         export(model, "fast")
+    with pytest.raises(ValueError, match="tt_path='chain': use 'auto', 'pair', 'cores'"):
+        export(model, "factorized", tt_path="chain")
     with pytest.raises(ValueError, match="save_exported needs .* saten.export"):
         save_exported(model, "unused")

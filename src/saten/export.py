@@ -20,6 +20,7 @@ from saten.embedding import SatenEmbedding
 from saten.inference_embedding import FactorizedEmbedding, FactorizedTiedHead, merged_embedding
 from saten.inference_layers import (
     KERNELS,
+    PATHS,
     FactorizedTTLinear,
     MergedLinear,
     SemiStructuredLinear,
@@ -33,8 +34,10 @@ FORMATS = ("auto", "merged", "factorized", "semi_structured")
 GATHER_LIMIT = 2**25  # values in the gather kernel's temporary above which auto does not try it
 
 
-def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int) -> dict[str, nn.Module]:
-    """Inference layers to choose from, keyed ``merged``, ``factorized:<kernel>`` or ``semi_structured``."""
+def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int, tt_path: str = "auto"
+                ) -> dict[str, nn.Module]:
+    """Inference layers to choose from, keyed ``merged``, ``factorized:<kernel>:<path>`` or
+    ``semi_structured``."""
     kernels = list(KERNELS) if kernel == "auto" else [kernel]
     if layer.nnz == 0 or (kernel == "auto" and tokens * layer.nnz > GATHER_LIMIT):
         kernels = kernels[:1]  # the gather kernel's tokens x nnz temporary would be too large to try
@@ -42,11 +45,16 @@ def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int) -> di
     if format in ("auto", "merged"):
         out["merged"] = MergedLinear.from_saten(layer)
     if format in ("auto", "factorized"):
-        try:
-            out.update({f"factorized:{k}": FactorizedTTLinear.from_saten(layer, k) for k in kernels})
-        except ValueError:  # e.g. an activation-aware matrix-layout layer: merged only
-            if format == "factorized":
-                raise
+        paths = [tt_path] if tt_path != "auto" else PATHS if layer.shape.layout == "plain" else ["cores"]
+        error = None
+        for k in kernels:
+            for path in paths:
+                try:
+                    out[f"factorized:{k}:{path}"] = FactorizedTTLinear.from_saten(layer, k, path)
+                except ValueError as err:  # an activation-aware input scale folds into the pair only
+                    error = err
+        if format == "factorized" and len(out) == 0:
+            raise error
     semi_ok = layer.sparsity == "nm" and tuple(layer.nm or ()) == (2, 4)
     if format == "semi_structured":
         out["semi_structured"] = SemiStructuredLinear.from_saten(layer)
@@ -98,15 +106,18 @@ def _format_of(key: str) -> str:
     return key.split(":")[0]
 
 
-def _check(format: str, kernel: str) -> None:
+def _check(format: str, kernel: str, tt_path: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: use one of {', '.join(FORMATS)}")
     if kernel not in ("auto", *KERNELS):
         raise ValueError(f"kernel={kernel!r}: use 'auto', {', '.join(map(repr, KERNELS))}")
+    if tt_path not in ("auto", *PATHS):
+        raise ValueError(f"tt_path={tt_path!r}: use 'auto', {', '.join(map(repr, PATHS))}")
 
 
 def export(
-    model: nn.Module, format: str = "auto", *, tokens: int = 1, repeats: int = 10, kernel: str = "auto"
+    model: nn.Module, format: str = "auto", *, tokens: int = 1, repeats: int = 10, kernel: str = "auto",
+    tt_path: str = "auto",
 ) -> list[str]:
     """Replace the compressed layers of ``model`` by inference layers, in place; return the replaced names.
 
@@ -126,6 +137,9 @@ def export(
     kernel : {"auto", "csr", "gather"}
         Sparse residual kernel of the factorized format; ``auto`` times both (the gather kernel is not
         tried where its ``tokens × nnz`` temporary would exceed ``GATHER_LIMIT`` values).
+    tt_path : {"auto", "pair", "cores"}
+        TT part of a factorized plain-layout layer: the contracted pair ``A₁``, ``A₂``, the cores one by
+        one, or ``auto``: both timed (an activation-aware layer's input scale folds into the pair only).
 
     Returns
     -------
@@ -134,12 +148,12 @@ def export(
         or ``semi_structured``); ``model.saten_export_timings`` holds the measured seconds per candidate
         where there was a choice.
     """
-    _check(format, kernel)
+    _check(format, kernel, tt_path)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SatenLinear)]
     entries = []
     for name, layer in layers:
         x = torch.randn(tokens, layer.in_features, dtype=layer.values.dtype, device=layer.values.device)
-        entries.append((name, _candidates(layer, format, kernel, tokens), x))
+        entries.append((name, _candidates(layer, format, kernel, tokens, tt_path), x))
     embedding = _embedding_entry(model, format, tokens)
     timed_entries = entries + ([embedding[:3]] if embedding else [])
     timings = time_in_order(timed_entries, repeats)

@@ -3,9 +3,11 @@
 - :class:`MergedLinear`: the effective dense weight ``TT(cores)ᵀ + S``; a plain ``nn.Linear`` subclass
   whose state dict is an ``nn.Linear``'s, so a merged model saves and loads as an ordinary model.
 - :class:`FactorizedTTLinear`: the input is contracted with the TT factors and the sparse residual is
-  applied separately: ``y = x A₁ A₂ + x Sᵀ + b``. For the plain layout the input-side and output-side
-  cores are contracted once at export into ``A₁`` (``N × r_p``) and ``A₂`` (``r_p × M``), fixing the
-  contraction path; for the matrix layout the input is contracted with one core after another. The
+  applied separately: ``y = x A₁ A₂ + x Sᵀ + b``. For the plain layout either the input-side and
+  output-side cores are contracted once at export into ``A₁`` (``N × r_p``) and ``A₂`` (``r_p × M``)
+  (``path="pair"``: two GEMMs), or the input is contracted with one core after another (``path="cores"``:
+  more, smaller products over fewer bytes when the outer ranks are truncated); the matrix layout always
+  contracts core by core (:mod:`saten.tt_contract`). The
   residual is a torch CSR matrix (``kernel="csr"``, ``torch.sparse.mm``) or row/column index arrays
   (``kernel="gather"``, an index gather of the input and a scatter-add into the output).
 - :class:`SemiStructuredLinear`: TT factors plus a 2:4 residual in PyTorch's semi-structured sparse format
@@ -24,6 +26,7 @@ from torch.nn import functional as F
 
 from saten.layers import SatenLinear
 from saten.tt import TTShape, _chain
+from saten.tt_contract import contract_matrix, contract_plain
 
 __all__ = [
     "FactorizedTTLinear",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 KERNELS = ("csr", "gather")
+PATHS = ("pair", "cores")
 
 
 class MergedLinear(nn.Linear):
@@ -60,30 +64,17 @@ class MergedLinear(nn.Linear):
         return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype=dtype, device=device)
 
 
-def _tt_factors(layer: SatenLinear) -> list[torch.Tensor]:
-    """Plain layout: ``[A₁ᵀ (r_p, N), A₂ᵀ (M, r_p)]`` in ``F.linear`` orientation; matrix: the cores."""
+def _tt_factors(layer: SatenLinear, path: str) -> list[torch.Tensor]:
+    """``path="pair"`` (plain layout): ``[A₁ᵀ (r_p, N), A₂ᵀ (M, r_p)]`` in ``F.linear`` orientation; else
+    the cores."""
     cores = [c.detach() for c in layer.cores]
     shape = layer.shape
-    if shape.layout != "plain":
+    if path != "pair":
         return [c.clone() for c in cores]
     p = len(shape.in_factors)
     left = _chain(cores[:p]).reshape(shape.n_in, -1)
     right = _chain(cores[p:]).reshape(left.shape[1], shape.n_out)
     return [left.t().contiguous(), right.t().contiguous()]
-
-
-def _contract_matrix(x: torch.Tensor, cores, shape: TTShape) -> torch.Tensor:
-    """``x A`` for the matrix (interleaved) layout: contract ``(r_{k-1}, n_k)`` with core ``k`` in turn."""
-    batch = x.shape[0]
-    t = x.reshape(batch, 1, 1, shape.n_in)  # (B, M_done, r_{k-1}, n_k · N_rest)
-    for core, n_k, m_k in zip(cores, shape.in_factors, shape.out_factors, strict=True):
-        r0, r1 = core.shape[0], core.shape[2]
-        b, done = t.shape[0], t.shape[1]
-        rest = t.shape[3] // n_k
-        t = t.reshape(b, done, r0, n_k, rest).permute(0, 1, 4, 2, 3).reshape(b, done, rest, r0 * n_k)
-        t = t @ core.reshape(r0 * n_k, m_k * r1)  # (B, done, rest, m_k · r_k)
-        t = t.reshape(b, done, rest, m_k, r1).permute(0, 1, 3, 4, 2).reshape(b, done * m_k, r1, rest)
-    return t.reshape(batch, shape.n_out)
 
 
 def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
@@ -121,17 +112,23 @@ class FactorizedTTLinear(nn.Module):
         Kept residual entries.
     bias : bool
     kernel : {"csr", "gather"}
+    path : {"pair", "cores"}
+        TT part of the plain layout: the contracted pair ``A₁``, ``A₂`` or the cores one by one (the matrix
+        layout always uses its cores).
     """
 
     def __init__(self, in_features, out_features, shape: TTShape, ranks, nnz, bias=True, kernel="csr",
-                 dtype=None, device=None):
+                 dtype=None, device=None, path="pair"):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}: use one of {', '.join(KERNELS)}")
+        if path not in PATHS:
+            raise ValueError(f"path={path!r}: use one of {', '.join(PATHS)}")
         kw = {"dtype": dtype, "device": device}
         self.in_features, self.out_features, self.shape = in_features, out_features, shape
         self.ranks, self.kernel = list(ranks), kernel
-        if shape.layout == "plain":
+        self.path = path if shape.layout == "plain" else "cores"
+        if self.path == "pair":
             r_p = ranks[len(shape.in_factors)]
             factor_shapes = [(r_p, in_features), (out_features, r_p)]
         else:
@@ -148,16 +145,17 @@ class FactorizedTTLinear(nn.Module):
         self._csr = None
 
     @classmethod
-    def from_saten(cls, layer: SatenLinear, kernel: str = "csr") -> FactorizedTTLinear:
+    def from_saten(cls, layer: SatenLinear, kernel: str = "csr", path: str = "pair") -> FactorizedTTLinear:
         values = layer.values.detach()
         out = cls(layer.in_features, layer.out_features, layer.shape, layer.ranks, layer.nnz,
-                  layer.bias is not None, kernel, dtype=values.dtype, device=values.device)
-        factors = _tt_factors(layer)
+                  layer.bias is not None, kernel, dtype=values.dtype, device=values.device, path=path)
+        factors = _tt_factors(layer, out.path)
         scale = getattr(layer, "input_scale", None)
         if scale is not None:  # activation-aware: fold the fixed input scale into A₁ and the kept values
-            if layer.shape.layout != "plain":
-                raise ValueError("format='factorized': an activation-aware layer in the matrix TT layout "
-                                 "cannot fold its input scale into the cores; use format='merged'")
+            if out.path != "pair":
+                raise ValueError("format='factorized': an activation-aware layer cannot fold its input scale "
+                                 "into the TT cores (matrix layout or path='cores'); use the plain layout's "
+                                 "pair or format='merged'")
             factors[0] = factors[0] * scale[None, :]
             values = values * scale[layer.positions % layer.in_features]
         buffers = {f"factor{k}": f for k, f in enumerate(factors)}
@@ -179,10 +177,11 @@ class FactorizedTTLinear(nn.Module):
 
     def tt_part(self, x2d: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x A (+ bias)`` for a 2-D input."""
-        if self.shape.layout == "plain":
+        if self.path == "pair":
             buffers = self._buffers
             return F.linear(F.linear(x2d, buffers["factor0"]), buffers["factor1"], bias)
-        out = _contract_matrix(x2d, self.factors(), self.shape)
+        contract = contract_plain if self.shape.layout == "plain" else contract_matrix
+        out = contract(x2d, self.factors(), self.shape)
         return out if bias is None else out + bias
 
     def sparse_part(self, x2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -219,17 +218,18 @@ class FactorizedTTLinear(nn.Module):
         return {"kind": "factorized", "in_features": self.in_features, "out_features": self.out_features,
                 "in_factors": list(self.shape.in_factors), "out_factors": list(self.shape.out_factors),
                 "layout": self.shape.layout, "ranks": self.ranks, "nnz": self.nnz,
-                "bias": self.bias is not None, "kernel": self.kernel}
+                "bias": self.bias is not None, "kernel": self.kernel, "path": self.path}
 
     @classmethod
     def from_spec(cls, spec: dict, dtype=None, device=None) -> FactorizedTTLinear:
         shape = TTShape(tuple(spec["in_factors"]), tuple(spec["out_factors"]), spec["layout"])
         return cls(spec["in_features"], spec["out_features"], shape, spec["ranks"], spec["nnz"],
-                   spec["bias"], spec["kernel"], dtype=dtype, device=device)
+                   spec["bias"], spec["kernel"], dtype=dtype, device=device, path=spec.get("path", "pair"))
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, shape={self.shape.as_list()} "
-                f"({self.shape.layout}), ranks={self.ranks}, nnz={self.nnz}, kernel={self.kernel}")
+                f"({self.shape.layout}), ranks={self.ranks}, nnz={self.nnz}, kernel={self.kernel}, "
+                f"path={self.path}")
 
 
 def semi_structured_available(device: torch.device | str | None = None) -> str | None:
