@@ -45,7 +45,8 @@ def _candidates(layer: SatenLinear, format: str, kernel: str, tokens: int, tt_pa
     if format in ("auto", "merged"):
         out["merged"] = MergedLinear.from_saten(layer)
     if format in ("auto", "factorized"):
-        paths = [tt_path] if tt_path != "auto" else PATHS if layer.shape.layout == "plain" else ["cores"]
+        # the matrix layout has only the core-by-core form, whatever tt_path asks for
+        paths = ["cores"] if layer.shape.layout != "plain" else PATHS if tt_path == "auto" else [tt_path]
         error = None
         for k in kernels:
             for path in paths:
