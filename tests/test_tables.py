@@ -81,3 +81,17 @@ def test_newest_runs_orders_by_marker_time_and_returns_run_dirs(tmp_path):
     found = newest_runs(tmp_path, "checkpoints/last.ckpt")
     assert found == [tmp_path / "multiruns" / "new", tmp_path / "multiruns" / "old"]
     assert newest_runs(tmp_path, "summary.json") == []
+
+
+def test_paper_table_groups_runs_fitted_to_a_target_ratio_by_the_target():
+    """ε fitted per task to one target ratio is one setting across tasks; a fixed ε stays its own row."""
+    base = {"model": "minilm", "method": "saten(u)", "lr": "0.0001", "epochs": "3", "status": "completed",
+            "calibration": "activation-aware α 0.5", "target_ratio": "0.333", "ratio": "0.333"}
+    rte = base | {"task": "rte", "eps": "0.8167", "density": "0.1002", "best/accuracy": "0.58"}
+    sst2 = base | {"task": "sst2", "eps": "0.8096", "density": "0.1", "best/accuracy": "0.82"}
+    fixed = rte | {"target_ratio": "", "eps": "0.85", "density": "0.1", "calibration": ""}
+    assert tables._paper_key(rte) == tables._paper_key(sst2) != tables._paper_key(fixed)
+    paper = tables.paper_table([rte, sst2, fixed], "cmd")
+    fitted_rows = [line for line in paper.splitlines() if "target ratio 0.333" in line]
+    assert len(fitted_rows) == 1 and "82.0" in fitted_rows[0] and "58.0" in fitted_rows[0]
+    assert "ε 0.8167" not in paper and any("ε 0.85" in line for line in paper.splitlines())

@@ -89,8 +89,24 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{float(value):.{digits}g}"
 
 
-def _setting(row: dict) -> str:
+def _fitted(row: dict) -> bool:
+    """ε and density were fitted to ``saten.target_ratio`` in each run, so they differ with each task's head
+    and calibration data: the paper table groups such runs by their target instead."""
+    return row.get("target_ratio") not in (None, "")
+
+
+def _paper_key(row: dict) -> tuple:
+    if _fitted(row):
+        row = row | {"eps": None, "density": None}
+    return _key(row, SETTING_KEYS + ("target_ratio",))
+
+
+def _setting(row: dict, by_target: bool = False) -> str:
+    if by_target and _fitted(row):
+        row = row | {"eps": None, "density": None}
     parts = [f"preset {row['method_preset']}" if row.get("method_preset") not in (None, "") else "",
+             f"target ratio {_fmt(row['target_ratio'])} (fitted per run)" if by_target and _fitted(row)
+             else "",
              f"ε {_fmt(row.get('eps'))}" if row.get("eps") not in (None, "") else "",
              f"d {_fmt(row.get('density'))}" if row.get("density") not in (None, "")
              and str(row.get("method")).startswith("saten") else "",
@@ -156,7 +172,7 @@ def paper_table(rows: list[dict], command: str) -> str:
     tasks = sorted({str(r["task"]) for r in done}, key=lambda t: (TASK_ORDER + (t,)).index(t))
     settings: dict[tuple, list[dict]] = {}
     for row in done:
-        settings.setdefault(_key(row, SETTING_KEYS), []).append(row)
+        settings.setdefault(_paper_key(row), []).append(row)
     metric_of = {t: _paper_metric([r for r in done if r["task"] == t]) for t in tasks}
     head = ["method", "setting", "params", "ratio", "model ratio", "MACs/token",
             *[f"{t} {metric_of[t].replace('best/', '').replace('/', ' ')}" for t in tasks]]
@@ -165,7 +181,7 @@ def paper_table(rows: list[dict], command: str) -> str:
         first = runs[0]
         params = f"{float(first['params']) / 1e6:.2f}M" if first.get("params") else "-"
         macs = f"{float(first['macs']) / 1e6:.2f}M" if first.get("macs") else "-"
-        cells = [first["method"], _setting(first), params, _fmt(first.get("ratio"), 3),
+        cells = [first["method"], _setting(first, by_target=True), params, _fmt(first.get("ratio"), 3),
                  _fmt(first.get("model_ratio"), 3), macs]
         for task in tasks:
             mine = [r for r in runs if r["task"] == task]
