@@ -8,7 +8,8 @@ minimize the predicted loss increase under the parameter budget ``target_ratio``
   ``cost_l(ε) = ½ Σ F_l ⊙ (W_l − Ŵ_l(ε))²`` (as in Fisher-weighted low-rank/ pruning criteria);
 - ``Σ_l cost_l(ε_l)`` is minimized subject to ``Σ_l params_l(ε_l) ≤ target·dense`` by the Lagrangian
   relaxation: for a price ``λ`` every layer picks ``argmin_ε cost_l(ε) + λ·params_l(ε)``, and bisection on
-  ``λ`` finds the largest ratio under the target. The density (or N:M) stays the configured one.
+  ``λ`` finds the largest ratio under the target; a greedy pass then spends what the relaxation leaves
+  under the budget. The density (or N:M) stays the configured one.
 
 The result is a ``saten.overrides`` mapping ``{layer name: {"eps": ε_l}}`` plus a record for the report.
 """
@@ -111,8 +112,27 @@ def allocate(options: Mapping[str, list[dict]], dense: int, target: float) -> tu
             break
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if params(pick(mid)) <= budget else (mid, hi)
-    choice = pick(hi)
+    choice = _spend_leftover(pick(hi), options, budget - params(pick(hi)))
     return choice, params(choice) / dense
+
+
+def _spend_leftover(choice: dict[str, dict], options: Mapping[str, list[dict]], left: float) -> dict:
+    """Upgrade layers while the budget allows, best cost decrease per added parameter first.
+
+    The Lagrangian solution only reaches points on the convex hull of the summed (params, cost) curve, and
+    with a coarse ε grid the hull's nearest point under the target can leave much of the budget unused
+    (17 % on MiniLM / SST-2); this greedy pass spends it.
+    """
+    choice = dict(choice)
+    while True:
+        upgrades = [((choice[name]["cost"] - o["cost"]) / (o["params"] - choice[name]["params"]), name, o)
+                    for name, opts in options.items() for o in opts
+                    if 0 < o["params"] - choice[name]["params"] <= left and o["cost"] < choice[name]["cost"]]
+        if not upgrades:
+            return choice
+        _, name, option = max(upgrades, key=lambda u: u[0])
+        left -= option["params"] - choice[name]["params"]
+        choice[name] = option
 
 
 def sensitivity_overrides(
