@@ -112,7 +112,8 @@ def allocate(options: Mapping[str, list[dict]], dense: int, target: float) -> tu
             break
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if params(pick(mid)) <= budget else (mid, hi)
-    choice = _spend_leftover(pick(hi), options, budget - params(pick(hi)))
+    choice = pick(hi)
+    choice = _spend_leftover(choice, options, budget - params(choice))
     return choice, params(choice) / dense
 
 

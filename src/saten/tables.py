@@ -95,15 +95,17 @@ def _fitted(row: dict) -> bool:
     return row.get("target_ratio") not in (None, "")
 
 
+def _by_target(row: dict) -> dict:
+    return row | {"eps": None, "density": None} if _fitted(row) else row
+
+
 def _paper_key(row: dict) -> tuple:
-    if _fitted(row):
-        row = row | {"eps": None, "density": None}
-    return _key(row, SETTING_KEYS + ("target_ratio",))
+    return _key(_by_target(row), SETTING_KEYS + ("target_ratio",))
 
 
 def _setting(row: dict, by_target: bool = False) -> str:
-    if by_target and _fitted(row):
-        row = row | {"eps": None, "density": None}
+    if by_target:
+        row = _by_target(row)
     parts = [f"preset {row['method_preset']}" if row.get("method_preset") not in (None, "") else "",
              f"target ratio {_fmt(row['target_ratio'])} (fitted per run)" if by_target and _fitted(row)
              else "",
