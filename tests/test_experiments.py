@@ -48,11 +48,14 @@ def test_ablation_rows_switch_one_recipe_part_each_and_dense_runs_first():
         if row != "dense":
             assert (cfg.saten.method, cfg.saten.eps, cfg.saten.density) == ("saten", 0.85, 0.1)
         calibration = cfg.calibration
-        assert bool(calibration.activation_aware) == (row in ("activation", "all"))
-        assert bool(calibration.sensitivity) == (row in ("sensitivity", "all"))
-        assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", "sensitivity", "all"))
-        distilled = row in ("distill", "all", "recover_distill")
+        budgeted = ("sensitivity", "all", "sensitivity_teacher", "all_teacher")
+        assert bool(calibration.activation_aware) == (row in ("activation", "all", "all_teacher"))
+        assert bool(calibration.sensitivity) == (row in budgeted)
+        assert (calibration.fisher == "teacher") == row.endswith("_teacher")
+        assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", *budgeted))
+        distilled = row in ("distill", "all", "recover_distill", "all_teacher")
         assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == distilled
+        assert (cfg.distill.teacher == "auto") == (distilled or row == "sensitivity_teacher")
         assert bool(cfg.recover.steps) == (row in ("recover", "recover_distill"))
     assert rows["paper"].data.train_limit is None
     assert compose(["experiment=ablation", "task=sst2"]).data.train_limit == 10000

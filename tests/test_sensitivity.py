@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -84,3 +85,49 @@ def test_pipeline_allocates_per_layer_eps_under_the_target(mini_glue, tmp_path):
     assert report["total"]["ratio"] == pytest.approx(budget["ratio"], rel=1e-9)
     assert budget["eps_min"] < budget["eps_max"]  # not one global ε
     assert summary["params"] > 0
+
+
+def test_the_teachers_fisher_ranks_the_layers_and_the_students_weights_are_compressed(tiny_bert_cfg):
+    """With ``fisher_model`` the allocation is the one the teacher's gradients give for the student's own
+    weights: a teacher sharing the encoder but not the (random) head allocates like the teacher itself."""
+    import copy
+
+    from saten.calibration import plan_compression
+    from saten.models import load_model
+
+    torch.manual_seed(0)
+    student = load_model(tiny_bert_cfg, head="sequence_classification", num_labels=2)
+    teacher = copy.deepcopy(student)
+    torch.nn.init.normal_(teacher.classifier.weight, std=1.0)  # another head: another Fisher
+    ids = torch.randint(5, 100, (8, 12))
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(8) % 2}]
+    saten = {"method": "saten", "eps": 0.5, "density": 0.1, "target_ratio": 0.5}
+    calibration = {"samples": 8, "sensitivity": True, "activation_aware": False}
+
+    def eps_by_layer(model, fisher_model=None):
+        plan, _, record = plan_compression(model, saten, None, calibration, batches, fisher_model)
+        assert record["fisher"] == ("model" if fisher_model is None else "teacher")
+        return {name: override["eps"] for name, override in plan["overrides"].items()}
+
+    from_teacher = eps_by_layer(student, fisher_model=teacher)
+    assert from_teacher == eps_by_layer(teacher)
+    assert from_teacher != eps_by_layer(student)
+    with pytest.raises(ConfigError, match="calibration.fisher=teacher: the teacher has no"):
+        eps_by_layer(student, fisher_model=torch.nn.Sequential())
+
+
+def test_pipeline_ranks_layers_by_the_teacher_run_without_distilling(mini_glue, tmp_path):
+    from saten.train import run
+
+    teacher_dir = tmp_path / "teacher"
+    run(compose_config([*shrink_overrides(mini_glue, "mrpc", "dense"), *ONE_STEP], teacher_dir))
+    student = [*shrink_overrides(mini_glue, "mrpc", "saten_u"), *ONE_STEP, "calibration=sensitivity",
+               "calibration.samples=8", "saten.target_ratio=0.6", "calibration.fisher=teacher"]
+    with pytest.raises(ConfigError, match="distill.teacher=null"):
+        run(compose_config(student, tmp_path / "no_teacher"))
+    with pytest.raises(ConfigError, match="calibration.fisher=student: use model .* or teacher"):
+        run(compose_config([*student[:-1], "calibration.fisher=student"], tmp_path / "bad"))
+    summary = run(compose_config([*student, f"distill.teacher={teacher_dir}"], tmp_path / "student"))
+    budget = json.loads((tmp_path / "student" / "report.json").read_text())["budget"]
+    assert budget["fisher"] == "teacher" and budget["ratio"] <= 0.6
+    assert math.isfinite(summary["best/f1"])

@@ -17,8 +17,19 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["activation_scales", "calibrated_scales", "calibration_batches", "input_channel_rms",
-           "plan_compression"]
+__all__ = ["activation_scales", "calibrated_scales", "calibration_batches", "fisher_from_teacher",
+           "input_channel_rms", "plan_compression"]
+
+FISHER_SOURCES = ("model", "teacher")
+
+
+def fisher_from_teacher(calibration: Mapping | None) -> bool:
+    """Whether the sensitivity budget ranks layers by the Fisher of the dense fine-tuned teacher
+    (``calibration.fisher=teacher``) rather than of the model being compressed, whose task head is still
+    untrained at that point."""
+    calibration = calibration or {}
+    return bool(calibration.get("samples") and calibration.get("sensitivity")
+                and calibration.get("fisher", "model") == "teacher")
 
 
 def calibration_batches(datamodule, calibration: Mapping | None) -> list[dict[str, torch.Tensor]] | None:
@@ -122,12 +133,14 @@ def calibrated_scales(model: nn.Module, saten: Mapping, calibration: Mapping | N
 
 
 def plan_compression(model: nn.Module, saten: Mapping, tt_shape: Mapping | None, calibration: Mapping | None,
-                     batches) -> tuple[Mapping, dict | None, dict | None]:
+                     batches, fisher_model: nn.Module | None = None
+                     ) -> tuple[Mapping, dict | None, dict | None]:
     """What :func:`saten.compress` gets from calibration: the ``saten`` config, channel scales, a record.
 
     ``calibration.activation_aware`` gives per-channel scales; ``calibration.sensitivity`` (with
     ``saten.target_ratio``) replaces the global ε by per-layer ε (:mod:`saten.sensitivity`), returned as
-    ``saten.overrides`` with the budget record for ``model.saten_info["budget"]``.
+    ``saten.overrides`` with the budget record for ``model.saten_info["budget"]``; its Fisher comes from
+    ``fisher_model`` (the teacher, same architecture) when given, else from ``model``.
     """
     scales = calibrated_scales(model, saten, calibration, batches)
     calibration = calibration or {}
@@ -148,7 +161,8 @@ def plan_compression(model: nn.Module, saten: Mapping, tt_shape: Mapping | None,
         return _compress_linear(name, model.get_submodule(name), base.for_layer(eps=eps), shape_cfg,
                                 scales_or_none.get(name))
 
-    overrides, record = sensitivity_overrides(model, names, cfg, batches, build_for)
+    overrides, record = sensitivity_overrides(model, names, cfg, batches, build_for,
+                                              fisher_model=fisher_model)
     return base.as_dict() | {"overrides": overrides}, scales, record
 
 
@@ -170,6 +184,10 @@ def check_calibration_config(calibration: Mapping | None, saten: Mapping) -> Non
     if calibration.get("activation_aware") and samples and method == "svd":
         raise ConfigError("calibration.activation_aware=true with saten.method=svd: activation-aware "
                           "compression applies to saten and tt; use calibration=none for the SVD baseline")
+    fisher = calibration.get("fisher", "model")
+    if fisher not in FISHER_SOURCES:
+        raise ConfigError(f"calibration.fisher={fisher}: use model (the model being compressed) or teacher "
+                          f"(the dense fine-tuned run of distill.teacher)")
     if calibration.get("sensitivity") and samples:
         if method not in ("saten", "tt"):
             raise ConfigError(f"calibration.sensitivity=true with saten.method={method}: per-layer ε "

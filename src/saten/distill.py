@@ -44,14 +44,19 @@ def distill_enabled(cfg: Mapping | None) -> bool:
     return bool(cfg.get("kd_weight") or cfg.get("hidden_weight"))
 
 
-def uses_teacher(cfg: Mapping | None) -> bool:
-    """Whether the ``distill`` config needs a teacher run (a distillation term or ``init_from_teacher``)."""
-    return distill_enabled(cfg) or bool((cfg or {}).get("init_from_teacher"))
+def uses_teacher(cfg: Mapping | None, calibration: Mapping | None = None) -> bool:
+    """Whether the ``distill`` config needs a teacher run (a distillation term or ``init_from_teacher``),
+    or the ``calibration`` config does (``calibration.fisher=teacher``)."""
+    from saten.calibration import fisher_from_teacher
+
+    needs_teacher = distill_enabled(cfg) or bool((cfg or {}).get("init_from_teacher"))
+    return needs_teacher or fisher_from_teacher(calibration)
 
 
-def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False) -> None:
+def check_distill_config(cfg: Mapping | None, teacher_must_exist: bool = False,
+                         calibration: Mapping | None = None) -> None:
     """One-line errors for bad ``distill`` values (before any model is loaded)."""
-    if not uses_teacher(cfg):
+    if not uses_teacher(cfg, calibration):
         return
     if distill_enabled(cfg):
         _check_loss_weights(cfg)
@@ -129,7 +134,7 @@ def resolve_teacher(cfg, resumed_run: Path | None = None) -> None:
     from omegaconf import OmegaConf
 
     distill = cfg.get("distill")
-    if not uses_teacher(distill) or str(distill.get("teacher")) != AUTO:
+    if not uses_teacher(distill, cfg.get("calibration")) or str(distill.get("teacher")) != AUTO:
         return
     saved = resumed_run / "config.yaml" if resumed_run is not None else None
     if saved is not None and saved.is_file():

@@ -43,9 +43,10 @@ def check_task_config(cfg: DictConfig) -> None:
         check_lora_config(lora)
     from saten.distill import uses_teacher
 
-    if kind == "lm" and uses_teacher(cfg.get("distill")):
-        raise ConfigError(f"distill.teacher={cfg.distill.get('teacher')}: distillation and init_from_teacher "
-                          f"are implemented for classification tasks, not task.kind=lm; use distill=none")
+    if kind == "lm" and uses_teacher(cfg.get("distill"), cfg.get("calibration")):
+        raise ConfigError(f"distill.teacher={cfg.distill.get('teacher')}: distillation, init_from_teacher "
+                          f"and calibration.fisher=teacher are implemented for classification tasks, not "
+                          f"task.kind=lm; use distill=none and calibration.fisher=model")
     if kind != "glue" and cfg.get("test_predictions"):
         raise ConfigError(f"test_predictions=true: submission files exist for GLUE only, not task.kind="
                           f"{kind}; set test_predictions=false")

@@ -97,8 +97,12 @@ def structure(layer: nn.Module) -> dict:
 
 
 def compress_for_training(model: nn.Module, saten: Mapping, tt_shape: Mapping | None,
-                          calibration: Mapping | None, batches, schedule: Mapping | None = None):
+                          calibration: Mapping | None, batches, schedule: Mapping | None = None,
+                          fisher_model: nn.Module | None = None):
     """Plan (calibration), compress ``model`` in place and, with a progressive schedule, start looser.
+
+    ``fisher_model``: the teacher whose Fisher ranks the layers for a sensitivity budget
+    (``calibration.fisher=teacher``; default ``model`` itself).
 
     Returns
     -------
@@ -109,7 +113,7 @@ def compress_for_training(model: nn.Module, saten: Mapping, tt_shape: Mapping | 
     from saten import compress
     from saten.calibration import plan_compression
 
-    plan, scales, budget = plan_compression(model, saten, tt_shape, calibration, batches)
+    plan, scales, budget = plan_compression(model, saten, tt_shape, calibration, batches, fisher_model)
     stages = None
     if not schedule_enabled(schedule):
         replaced = list(compress(model, plan, tt_shape=tt_shape, channel_scales=scales))

@@ -69,7 +69,7 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
     if cal.get("samples") and cal.get("activation_aware", True):
         parts.append(f"activation-aware α {cal.get('alpha', 0.5)}")
     if cal.get("samples") and cal.get("sensitivity"):
-        parts.append("sensitivity budget")
+        parts.append("sensitivity budget" + (" (teacher Fisher)" if cal.get("fisher") == "teacher" else ""))
     recover = cfg.get("recover") or {}
     if recover.get("steps"):
         parts.append(f"recovered {recover['steps']} steps on {recover.get('corpus')}")

@@ -136,18 +136,33 @@ def _spend_leftover(choice: dict[str, dict], options: Mapping[str, list[dict]], 
         choice[name] = option
 
 
+def _check_same_layers(teacher: nn.Module, model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        try:
+            shape = tuple(teacher.get_submodule(name).weight.shape)
+        except AttributeError:
+            shape = None
+        if shape != tuple(model.get_submodule(name).weight.shape):
+            raise ConfigError(f"calibration.fisher=teacher: the teacher has no {name} of the student's "
+                              f"shape; pass a distill.teacher run of the same model")
+
+
 def sensitivity_overrides(
-    model: nn.Module, names: list[str], cfg: SatenConfig, batches, build_for, grid=None
+    model: nn.Module, names: list[str], cfg: SatenConfig, batches, build_for, grid=None,
+    fisher_model: nn.Module | None = None,
 ) -> tuple[dict, dict]:
     """``saten.overrides`` with a per-layer ε for ``cfg.target_ratio``, and the record of the allocation.
 
     ``build_for(name, eps)`` compresses the layer ``name`` at ``eps`` (with the run's shape, density and
-    scales).
+    scales). ``fisher_model`` (same architecture, e.g. the dense fine-tuned teacher) supplies the Fisher
+    in place of ``model``; the errors are always those of ``model``'s own weights.
     """
     if cfg.target_ratio is None:
         raise ConfigError("calibration.sensitivity=true: needs saten.target_ratio (e.g. 0.33) to allocate")
     grid = grid or [round(0.2 + 0.05 * i, 3) for i in range(21)]  # ε from 0.2 to 1.2
-    fisher = fisher_diagonals(model, names, batches)
+    if fisher_model is not None:
+        _check_same_layers(fisher_model, model, names)
+    fisher = fisher_diagonals(fisher_model if fisher_model is not None else model, names, batches)
     options, dense = {}, 0
     for name in names:
         linear = model.get_submodule(name)
@@ -158,6 +173,7 @@ def sensitivity_overrides(
     eps_values = [opt["eps"] for opt in choice.values()]
     record = {"target_ratio": float(cfg.target_ratio), "ratio": ratio,
               "relative_miss": ratio / cfg.target_ratio - 1, "allocation": "sensitivity",
+              "fisher": "model" if fisher_model is None else "teacher",
               "eps_min": min(eps_values), "eps_max": max(eps_values),
               "eps_mean": sum(eps_values) / len(eps_values),
               "predicted_cost": sum(opt["cost"] for opt in choice.values()), "grid_points": len(grid)}

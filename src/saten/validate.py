@@ -151,7 +151,7 @@ def check_method_config(cfg: DictConfig) -> None:
     TTShapeConfig.from_any(cfg.tt_shape)
     check_task_config(cfg)
     check_calibration_config(cfg.get("calibration"), cfg.saten)
-    check_distill_config(cfg.get("distill"), teacher_must_exist=True)
+    check_distill_config(cfg.get("distill"), teacher_must_exist=True, calibration=cfg.get("calibration"))
     from saten.progressive import check_schedule_config
 
     check_schedule_config(cfg.get("schedule"), cfg.saten, cfg.trainer.get("strategy"), cfg.get("lora"))

@@ -76,7 +76,8 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
                  recompute_activations: bool = False, schedule: Mapping | None = None,
                  start_from_teacher: bool = False):
         super().__init__()
-        from saten.distill import check_distill_config, init_from_teacher
+        from saten.calibration import fisher_from_teacher
+        from saten.distill import check_distill_config, init_from_teacher, load_teacher
         from saten.models import load_model
         from saten.progressive import compress_for_training
 
@@ -87,7 +88,7 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
                                    "distill": distill, "recompute_activations": bool(recompute_activations),
                                    "schedule": schedule})
         self.distiller = None  # the teacher loads when fitting starts (evaluation never needs it)
-        check_distill_config(distill)
+        check_distill_config(distill, calibration=calibration)
         self.spec = self.task_spec(task["name"])
         self.metric_name = str(task.get("metric") or self.spec.metric)
         problem_type = "regression" if self.spec.is_regression else "single_label_classification"
@@ -96,8 +97,12 @@ class GlueClassifier(TrainingHooks, L.LightningModule):
                                 problem_type=problem_type)
         if start_from_teacher and (distill or {}).get("init_from_teacher"):
             init_from_teacher(self.model, distill, self.spec.name, model.get("name"))
+        fisher_model = None  # the sensitivity budget's Fisher: the teacher's trained head, not a random one
+        if calibration_batches is not None and fisher_from_teacher(calibration):
+            fisher_model = load_teacher(distill, self.spec.name)
         self.replaced, self.progressive = compress_for_training(self.model, saten, tt_shape, calibration,
-                                                                calibration_batches, schedule)
+                                                                calibration_batches, schedule, fisher_model)
+        del fisher_model
         self.compress_seconds = time.perf_counter() - start
         if recompute_activations:  # keep the FFN activation's input only (saten.autograd): less memory
             from saten.autograd import recompute_activations as keep_activation_inputs
