@@ -131,3 +131,17 @@ def test_pipeline_ranks_layers_by_the_teacher_run_without_distilling(mini_glue, 
     budget = json.loads((tmp_path / "student" / "report.json").read_text())["budget"]
     assert budget["fisher"] == "teacher" and budget["ratio"] <= 0.6
     assert math.isfinite(summary["best/f1"])
+
+
+def test_eps_by_block_reads_the_runs_overrides(tmp_path, capsys):
+    from saten.sensitivity import eps_by_block, main
+
+    overrides = {r"bert\.encoder\.layer\.0\.attention\.self\.query": {"eps": 0.4},
+                 r"bert\.encoder\.layer\.0\.output\.dense": {"eps": 0.6},
+                 r"bert\.encoder\.layer\.1\.output\.dense": {"eps": 1.2}}
+    assert eps_by_block(overrides) == pytest.approx({0: 0.5, 1: 1.2})
+    (tmp_path / "report.json").write_text(json.dumps({"config": {"overrides": overrides}}))
+    main([str(tmp_path)])
+    assert capsys.readouterr().out.split()[1:] == ["0:0.50", "1:1.20"]
+    with pytest.raises(SystemExit, match="no report.json"):
+        main([str(tmp_path / "missing")])

@@ -27,7 +27,7 @@ from torch import nn
 from saten.config import SatenConfig
 from saten.errors import ConfigError
 
-__all__ = ["allocate", "fisher_diagonals", "layer_options", "sensitivity_overrides"]
+__all__ = ["allocate", "eps_by_block", "fisher_diagonals", "layer_options", "sensitivity_overrides"]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,34 @@ def sensitivity_overrides(
     log.info("sensitivity budget %.4g: eps %.3g..%.3g -> targeted ratio %.4f", cfg.target_ratio,
              record["eps_min"], record["eps_max"], ratio)
     return overrides, record
+
+
+def eps_by_block(overrides: Mapping[str, Mapping]) -> dict[int, float]:
+    """Mean allocated ε per transformer block (``layer.<i>`` / ``layers.<i>`` in the layer names) of a
+    run's ``saten.overrides`` (``report.json["config"]["overrides"]``)."""
+    by_block: dict[int, list[float]] = {}
+    for pattern, override in overrides.items():
+        found = re.search(r"layers?\\?\.(\d+)", pattern)
+        if found and "eps" in override:
+            by_block.setdefault(int(found.group(1)), []).append(float(override["eps"]))
+    return {block: sum(values) / len(values) for block, values in sorted(by_block.items())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m saten.sensitivity <run dir> ...``: each run's mean allocated ε per block."""
+    import json
+    import sys
+    from pathlib import Path
+
+    for run_dir in argv if argv is not None else sys.argv[1:]:
+        report = Path(run_dir) / "report.json"
+        if not report.is_file():
+            raise SystemExit(f"{run_dir}: no report.json; pass the dir of a run with calibration=sensitivity")
+        blocks = eps_by_block(json.loads(report.read_text())["config"].get("overrides") or {})
+        if not blocks:
+            raise SystemExit(f"{run_dir}: no per-layer ε in report.json; not a sensitivity-budget run")
+        print(run_dir, " ".join(f"{block}:{eps:.2f}" for block, eps in blocks.items()))
+
+
+if __name__ == "__main__":
+    main()
