@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from saten.errors import ConfigError
+from saten.recover_inputs import TASK_CORPUS, Inputs, count, rows
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ def recover_enabled(cfg: Mapping | None) -> bool:
     return bool((cfg or {}).get("steps"))
 
 
-def check_recover_config(cfg: Mapping | None, saten: Mapping, schedule: Mapping | None = None) -> None:
-    """One-line errors for bad ``recover`` values (before any model is loaded)."""
+def check_recover_config(cfg: Mapping | None, saten: Mapping, schedule: Mapping | None = None,
+                         kind: str = "glue") -> None:
+    """One-line errors for bad ``recover`` values (before any model is loaded); ``kind`` is the task
+    family (``recover.corpus=task`` reads GLUE training examples)."""
     cfg = cfg or {}
     steps = cfg.get("steps") or 0
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
@@ -54,6 +57,9 @@ def check_recover_config(cfg: Mapping | None, saten: Mapping, schedule: Mapping 
     if saten.get("method") in (None, "dense"):
         raise ConfigError("recover.steps>0 with saten=dense: recovery re-fits compressed layers; use "
                           "recover=none for a dense run")
+    if cfg.get("corpus") == TASK_CORPUS and kind != "glue":
+        raise ConfigError(f"recover.corpus=task: the task's own examples are read for task.kind=glue only, "
+                          f"not {kind}; name a text file, e.g. recover.corpus=tinyshakespeare")
     from saten.progressive import schedule_enabled
 
     if schedule_enabled(schedule):
@@ -73,66 +79,47 @@ def recovered_parameters(model: nn.Module, replaced: list[str]) -> dict[str, nn.
     return {f"{name}.{pname}": p for name in replaced for pname, p in modules[name].named_parameters()}
 
 
-def text_chunks(tokenizer, text: str, seq_len: int, cache_dir=None, name: str = "recover") -> torch.Tensor:
-    """Non-overlapping chunks of ``text`` wrapped in the tokenizer's special tokens: ``(n, seq_len)``."""
-    from saten.data.lm import tokenize_stream
-
-    ids = tokenize_stream(text, tokenizer, cache_dir, name=name)
-    prefix, suffix = special_tokens(tokenizer)
-    body = seq_len - len(prefix) - len(suffix)
-    chunks = ids[: len(ids) // body * body].view(-1, body)
-    n = len(chunks)
-    return torch.cat([torch.tensor([prefix] * n, dtype=torch.int64).view(n, -1), chunks,
-                      torch.tensor([suffix] * n, dtype=torch.int64).view(n, -1)], dim=1)
-
-
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a text (BERT: [CLS] / [SEP]; LLaMA: BOS / none)."""
-    body = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    start = next(i for i in range(len(full) - len(body) + 1) if full[i:i + len(body)] == body)
-    return full[:start], full[start + len(body):]
-
-
-def _batches(chunks: torch.Tensor, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+def _batches(inputs: Inputs, batch_size: int, steps: int, seed: int) -> Iterator[Inputs]:
     generator = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.int64)
     for _ in range(steps):
         if len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(chunks), generator=generator)])
-        yield chunks[order[:batch_size]]
+            order = torch.cat([order, torch.randperm(count(inputs), generator=generator)])
+        yield rows(inputs, order[:batch_size])
         order = order[batch_size:]
 
 
-def _hidden(backbone: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    ids = ids.to(next(backbone.parameters()).device)
-    out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-    return out.hidden_states
+def _hidden(backbone: nn.Module, batch: Inputs) -> tuple[torch.Tensor, ...]:
+    device = next(backbone.parameters()).device
+    return backbone(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True).hidden_states
 
 
 @torch.no_grad()
-def relative_error(student: nn.Module, reference: nn.Module, chunks: torch.Tensor, batch_size: int) -> float:
-    """Σ‖h_student − h_reference‖² / Σ‖h_reference‖² over every hidden state of ``chunks``."""
+def relative_error(student: nn.Module, reference: nn.Module, inputs: Inputs, batch_size: int) -> float:
+    """Σ‖h_student − h_reference‖² / Σ‖h_reference‖² over every hidden state of the (unpadded) tokens."""
     diff = norm = 0.0
-    for start in range(0, len(chunks), batch_size):
-        ids = chunks[start:start + batch_size]
-        for s, t in zip(_hidden(student, ids), _hidden(reference, ids), strict=True):
-            diff += float((s.float() - t.float()).square().sum())
-            norm += float(t.float().square().sum())
+    for start in range(0, count(inputs), batch_size):
+        batch = rows(inputs, slice(start, start + batch_size))
+        for s, t in zip(_hidden(student, batch), _hidden(reference, batch), strict=True):
+            mask = batch["attention_mask"].to(t.device).unsqueeze(-1).float()
+            diff += float(((s.float() - t.float()).square() * mask).sum())
+            norm += float((t.float().square() * mask).sum())
     return diff / norm
 
 
-def fit(student: nn.Module, reference: nn.Module, params: list[nn.Parameter], chunks: torch.Tensor,
+def fit(student: nn.Module, reference: nn.Module, params: list[nn.Parameter], inputs: Inputs,
         cfg: Mapping) -> list[float]:
     """Train ``params`` of ``student`` (a backbone) towards ``reference``'s hidden states; step losses."""
     from saten.distill import Distiller  # its layer-wise hidden-state MSE
 
     optimizer = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=0.0)
     losses = []
-    for step, ids in enumerate(_batches(chunks, cfg["batch_size"], cfg["steps"], int(cfg.get("seed") or 0))):
+    batches = _batches(inputs, cfg["batch_size"], cfg["steps"], int(cfg.get("seed") or 0))
+    for step, batch in enumerate(batches):
         with torch.no_grad():
-            target = _hidden(reference, ids)
-        loss = Distiller._hidden_term(_hidden(student, ids), target, None)  # chunks: no padding
+            target = _hidden(reference, batch)
+        mask = batch["attention_mask"].to(target[0].device)
+        loss = Distiller._hidden_term(_hidden(student, batch), target, mask)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -142,19 +129,23 @@ def fit(student: nn.Module, reference: nn.Module, params: list[nn.Parameter], ch
     return losses
 
 
-def cache_key(params: Mapping[str, torch.Tensor], reference_id: str, cfg: Mapping) -> str:
-    """Hash of the compressed values before recovery, the reference's identity and the recover config."""
-    digest = hashlib.sha256(json.dumps({"reference": reference_id, "recover": dict(cfg)}, sort_keys=True,
-                                       default=str).encode())
+def cache_key(params: Mapping[str, torch.Tensor], reference_id: str, cfg: Mapping,
+              inputs: Inputs | None = None) -> str:
+    """Hash of the compressed values before recovery, the reference's identity and the recover config
+    (with ``recover.corpus=task`` also of the examples: tasks, subsets and seeds differ there)."""
+    identity = {"reference": reference_id, "recover": dict(cfg)}
+    if cfg.get("corpus") == TASK_CORPUS and inputs is not None:
+        identity["examples"] = hashlib.sha256(inputs["input_ids"].numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     for name in sorted(params):
         digest.update(name.encode())
         digest.update(params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:20]
 
 
-def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: str, tokenizer,
-            cfg: Mapping, cache_dir: str | Path | None = None, reference_id: str = "") -> dict:
-    """Re-fit the replaced layers of ``model`` (in place) to ``reference``'s hidden states on ``text``.
+def recover(model: nn.Module, replaced: list[str], reference: nn.Module, inputs: Inputs, cfg: Mapping,
+            cache_dir: str | Path | None = None, reference_id: str = "") -> dict:
+    """Re-fit the replaced layers of ``model`` (in place) to ``reference``'s hidden states on ``inputs``.
 
     Parameters
     ----------
@@ -164,8 +155,9 @@ def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: s
         Qualified names of its compressed modules (``saten.compress`` returns them).
     reference : nn.Module
         The uncompressed model it was compressed from (any head), frozen here.
-    text : str
-        Unlabeled text; its last ``cfg["holdout"]`` chunks only measure the error.
+    inputs : Inputs
+        Unlabeled token rows (:mod:`saten.recover_inputs`); the last ``cfg["holdout"]`` only measure the
+        error.
     cfg : Mapping
         The ``recover`` config group.
     cache_dir : path, optional
@@ -181,15 +173,14 @@ def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: s
     hf = _unwrap(model)
     student, teacher = hf.base_model, _unwrap(reference).base_model.eval().requires_grad_(False)
     params = recovered_parameters(model, replaced)
-    token_cache = None if cache_dir is None else Path(cache_dir) / "data"
-    chunks = text_chunks(tokenizer, text, cfg["seq_len"], token_cache)
-    if len(chunks) <= cfg["holdout"]:
-        raise ConfigError(f"recover.corpus={cfg.get('corpus')}: {len(chunks)} chunks of {cfg['seq_len']} "
-                          f"tokens, not more than recover.holdout={cfg['holdout']}; use a longer text")
-    train, held_out = chunks[:-cfg["holdout"]], chunks[-cfg["holdout"]:]
+    if count(inputs) <= cfg["holdout"]:
+        raise ConfigError(f"recover.corpus={cfg.get('corpus')}: {count(inputs)} rows of text, not more than "
+                          f"recover.holdout={cfg['holdout']}; use a longer text or a smaller holdout")
+    train, held_out = rows(inputs, slice(0, -cfg["holdout"])), rows(inputs, slice(-cfg["holdout"], None))
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / "recovered" / f"{cache_key(params, reference_id, cfg)}.safetensors"
+        key = cache_key(params, reference_id, cfg, inputs)
+        path = Path(cache_dir) / "recovered" / f"{key}.safetensors"
     was_training, home = hf.training, next(hf.parameters()).device
     flags = {name: p.requires_grad for name, p in hf.named_parameters()}
     hf.eval().requires_grad_(False)  # no dropout: the target is the deterministic dense output
@@ -223,11 +214,11 @@ def recover(model: nn.Module, replaced: list[str], reference: nn.Module, text: s
             "recover/cached": cached}
 
 
-def recover_run(module, cfg) -> dict:
-    """:func:`recover` for a freshly built run module (``module.model``, ``module.replaced``) of ``cfg``."""
-    from saten.data.lm import resolve_train_file
+def recover_run(module, cfg, datamodule=None) -> dict:
+    """:func:`recover` for a freshly built run module (``module.model``, ``module.replaced``) of ``cfg``;
+    ``datamodule`` gives the examples of ``recover.corpus=task``."""
     from saten.lit.classification import to_plain
-    from saten.models import load_model, load_tokenizer
+    from saten.models import load_model
 
     rcfg = to_plain(cfg.recover)
     distill = cfg.get("distill") or {}
@@ -240,10 +231,24 @@ def recover_run(module, cfg) -> dict:
             torch.manual_seed(int(cfg.seed))
             reference = load_model(cfg.model, head="base")
         reference_id = json.dumps(to_plain(cfg.model), sort_keys=True, default=str)
-    text = resolve_train_file(rcfg.get("corpus"), cfg.paths.get("data_dir"), key="recover.corpus")
+    module.recovery = recover(module.model, module.replaced, reference, _corpus_inputs(cfg, datamodule), rcfg,
+                              cfg.paths.get("cache_dir"), reference_id)
+    return module.recovery
+
+
+def _corpus_inputs(cfg, datamodule) -> Inputs:
+    """The rows ``recover.corpus`` names: the task's training examples, or chunks of a text file."""
+    from saten.data.lm import resolve_train_file
+    from saten.models import load_tokenizer
+    from saten.recover_inputs import task_inputs, text_inputs
+
+    corpus = cfg.recover.get("corpus")
+    if corpus == TASK_CORPUS:
+        return task_inputs(datamodule)
+    text = resolve_train_file(corpus, cfg.paths.get("data_dir"), key="recover.corpus")
     if text is None:
         raise ConfigError("recover.corpus=null: recovery needs unlabeled text; e.g. "
-                          "recover.corpus=tinyshakespeare")
-    module.recovery = recover(module.model, module.replaced, reference, text.read_text(encoding="utf-8"),
-                              load_tokenizer(cfg.model), rcfg, cfg.paths.get("cache_dir"), reference_id)
-    return module.recovery
+                          "recover.corpus=tinyshakespeare or recover.corpus=task")
+    cache_dir = cfg.paths.get("cache_dir")
+    return text_inputs(load_tokenizer(cfg.model), text.read_text(encoding="utf-8"), cfg.recover.seq_len,
+                       None if cache_dir is None else Path(cache_dir) / "data")

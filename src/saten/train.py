@@ -39,8 +39,9 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
     Examples: ``saten_u_d0.1_e0.85``, ``saten_24_nm2-4_e1.0``, ``tt_e0.6``, ``svd_r0.33``, ``dense``;
     ``_t0.33`` for a target ratio, ``_act``/``_sens`` for calibration, ``_kd`` for distillation,
     ``_fromteacher`` for a start from the teacher's weights,
-    ``_prog0.5`` for progressive tightening from ε 0.5, ``_rec300`` for 300 recovery steps, so that
-    runs of different recipes started in the same second never share a folder.
+    ``_prog0.5`` for progressive tightening from ε 0.5, ``_rec300`` for 300 recovery steps
+    (``_rec300task`` on the task's own examples), so that runs of different recipes started in the same
+    second never share a folder.
     """
     method = saten.get("method")
     parts = [str(choice or method)]
@@ -74,7 +75,7 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
     if schedule_enabled(schedule):
         parts.append(f"prog{schedule.get('start_eps')}")
     if (recover or {}).get("steps"):
-        parts.append(f"rec{recover.get('steps')}")
+        parts.append(f"rec{recover.get('steps')}" + ("task" if recover.get("corpus") == "task" else ""))
     return "_".join(parts)
 
 
@@ -245,7 +246,7 @@ def run(cfg: DictConfig) -> dict:
         if resume is not None:
             match_structure(module, resume.ckpt)
         elif recover_enabled(cfg.get("recover")):  # a resumed run's checkpoint holds the recovered values
-            recover_run(module, cfg)
+            recover_run(module, cfg, datamodule)
     else:
         module = load_for_eval(cfg)
         datamodule = build_datamodule(cfg, load_tokenizer(module.hparams.model), task=module.hparams.task)

@@ -155,9 +155,10 @@ def check_method_config(cfg: DictConfig) -> None:
     from saten.progressive import check_schedule_config
 
     check_schedule_config(cfg.get("schedule"), cfg.saten, cfg.trainer.get("strategy"), cfg.get("lora"))
+    from saten.families import task_kind
     from saten.recover import check_recover_config
 
-    check_recover_config(cfg.get("recover"), cfg.saten, cfg.get("schedule"))
+    check_recover_config(cfg.get("recover"), cfg.saten, cfg.get("schedule"), task_kind(cfg.task))
 
 
 def empty_model(model_cfg: Mapping, task_cfg: Mapping) -> torch.nn.Module:
