@@ -48,15 +48,19 @@ def test_ablation_rows_switch_one_recipe_part_each_and_dense_runs_first():
         if row != "dense":
             assert (cfg.saten.method, cfg.saten.eps, cfg.saten.density) == ("saten", 0.85, 0.1)
         calibration = cfg.calibration
-        budgeted = ("sensitivity", "all", "sensitivity_teacher", "all_teacher")
-        assert bool(calibration.activation_aware) == (row in ("activation", "all", "all_teacher"))
+        budgeted = ("sensitivity", "all", "sensitivity_teacher", "all_teacher", "all_recover")
+        activation = ("activation", "all", "all_teacher", "all_recover")
+        assert bool(calibration.activation_aware) == (row in activation)
         assert bool(calibration.sensitivity) == (row in budgeted)
-        assert (calibration.fisher == "teacher") == row.endswith("_teacher")
+        assert (calibration.fisher == "teacher") == (row.endswith("_teacher") or row == "all_recover")
         assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", *budgeted))
-        distilled = row in ("distill", "all", "recover_distill", "all_teacher")
+        distilled = row in ("distill", "all", "recover_distill", "all_teacher", "recover_task_distill",
+                            "all_recover")
         assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == distilled
         assert (cfg.distill.teacher == "auto") == (distilled or row == "sensitivity_teacher")
-        assert bool(cfg.recover.steps) == (row in ("recover", "recover_distill"))
+        on_task = row in ("recover_task", "recover_task_distill", "all_recover")
+        assert bool(cfg.recover.steps) == (row in ("recover", "recover_distill") or on_task)
+        assert (cfg.recover.get("corpus") == "task") == on_task
     assert rows["paper"].data.train_limit is None
     assert compose(["experiment=ablation", "task=sst2"]).data.train_limit == 10000
 
