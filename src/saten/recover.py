@@ -5,7 +5,8 @@ Compression at ε 0.85 removes most of what a small model's fine-tuning needs (t
 compression and fine-tuning: for ``recover.steps`` steps it trains only the compressed layers (TT cores,
 sparse values, SVD factors) so that every hidden state of the compressed backbone matches the uncompressed
 one (the layer-wise hidden-state MSE of ``saten.distill``, as in TinyBERT's general distillation) on
-chunks of an unlabeled text corpus (default tinyshakespeare, never an evaluated split). The reference is
+chunks of an unlabeled text corpus (default tinyshakespeare, never an evaluated split) or, with
+``recover.corpus=task``, on the run's own training examples without labels. The reference is
 the model the student was compressed from: the pretrained backbone, or the fine-tuned teacher with
 ``distill.init_from_teacher``.
 
