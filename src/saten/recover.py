@@ -101,8 +101,8 @@ def relative_error(student: nn.Module, reference: nn.Module, inputs: Inputs, bat
     diff = norm = 0.0
     for start in range(0, count(inputs), batch_size):
         batch = rows(inputs, slice(start, start + batch_size))
+        mask = batch["attention_mask"].to(next(student.parameters()).device).unsqueeze(-1).float()
         for s, t in zip(_hidden(student, batch), _hidden(reference, batch), strict=True):
-            mask = batch["attention_mask"].to(t.device).unsqueeze(-1).float()
             diff += float(((s.float() - t.float()).square() * mask).sum())
             norm += float((t.float().square() * mask).sum())
     return diff / norm

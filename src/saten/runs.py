@@ -72,9 +72,11 @@ def _recipe_extras(cfg: dict) -> tuple[str | None, str | None]:
         parts.append("sensitivity budget" + (" (teacher Fisher)" if cal.get("fisher") == "teacher" else ""))
     recover = cfg.get("recover") or {}
     if recover.get("steps"):
+        from saten.recover_inputs import TASK_CORPUS
+
         corpus = recover.get("corpus")
         parts.append(f"recovered {recover['steps']} steps on "
-                     + ("the task's examples" if corpus == "task" else str(corpus)))
+                     + ("the task's examples" if corpus == TASK_CORPUS else str(corpus)))
     from saten.distill import distill_enabled
 
     distill = cfg.get("distill") or {}

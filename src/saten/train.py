@@ -75,7 +75,9 @@ def run_tag(choice: str | None, saten: Mapping, calibration: Mapping | None = No
     if schedule_enabled(schedule):
         parts.append(f"prog{schedule.get('start_eps')}")
     if (recover or {}).get("steps"):
-        parts.append(f"rec{recover.get('steps')}" + ("task" if recover.get("corpus") == "task" else ""))
+        from saten.recover_inputs import TASK_CORPUS
+
+        parts.append(f"rec{recover.get('steps')}" + ("task" if recover.get("corpus") == TASK_CORPUS else ""))
     return "_".join(parts)
 
 
