@@ -55,10 +55,11 @@ def test_ablation_rows_switch_one_recipe_part_each_and_dense_runs_first():
         assert (calibration.fisher == "teacher") == (row.endswith("_teacher") or row == "all_recover")
         assert (cfg.saten.target_ratio == 0.333) == (row in ("activation", *budgeted))
         distilled = row in ("distill", "all", "recover_distill", "all_teacher", "recover_task_distill",
-                            "all_recover")
+                            "all_recover", "teacher_recover_distill")
         assert (cfg.distill.teacher == "auto" and cfg.distill.kd_weight > 0) == distilled
         assert (cfg.distill.teacher == "auto") == (distilled or row == "sensitivity_teacher")
-        on_task = row in ("recover_task", "recover_task_distill", "all_recover")
+        on_task = row in ("recover_task", "recover_task_distill", "all_recover", "teacher_recover_distill")
+        assert bool(cfg.distill.init_from_teacher) == (row == "teacher_recover_distill")
         assert bool(cfg.recover.steps) == (row in ("recover", "recover_distill") or on_task)
         assert (cfg.recover.get("corpus") == "task") == on_task
     assert rows["paper"].data.train_limit is None
