@@ -190,3 +190,30 @@ def test_a_run_recovers_on_its_own_training_examples(mini_glue, data_dir, tmp_pa
     run(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["recover/error_after"] < summary["recover/error_before"]
+
+
+def test_a_compressed_teacher_recovers_towards_the_teacher(mini_glue, tmp_path, monkeypatch):
+    """With ``distill.init_from_teacher`` the reference of recovery is the fine-tuned teacher, not the
+    pretrained model, and the run still lowers the error."""
+    import saten.recover as recover_module
+    from saten.lit import load_run
+    from saten.train import run
+
+    teacher_dir = tmp_path / "teacher"
+    run(compose_config([*shrink_overrides(mini_glue, "rte", "dense"), *ONE_STEP], teacher_dir))
+    teacher = load_run(teacher_dir).model.state_dict()
+    references = []
+
+    def spy(model, replaced, reference, *args, **kwargs):
+        references.append(reference)
+        return recover(model, replaced, reference, *args, **kwargs)
+
+    monkeypatch.setattr(recover_module, "recover", spy)
+    overrides = [*shrink_overrides(mini_glue, "rte", "saten_u"), *ONE_STEP, "recover=task", "recover.steps=3",
+                 "recover.batch_size=4", "recover.holdout=4", f"paths.cache_dir={tmp_path / 'cache'}",
+                 "distill=kd", f"distill.teacher={teacher_dir}", "distill.init_from_teacher=true"]
+    summary = run(compose_config(overrides, tmp_path / "student"))
+    (reference,) = references
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, teacher[name])
+    assert summary["recover/error_after"] < summary["recover/error_before"]
