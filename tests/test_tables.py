@@ -95,3 +95,18 @@ def test_paper_table_groups_runs_fitted_to_a_target_ratio_by_the_target():
     fitted_rows = [line for line in paper.splitlines() if "target ratio 0.333" in line]
     assert len(fitted_rows) == 1 and "82.0" in fitted_rows[0] and "58.0" in fitted_rows[0]
     assert "ε 0.8167" not in paper and any("ε 0.85" in line for line in paper.splitlines())
+
+
+def test_seeds_fitted_to_one_target_ratio_aggregate_into_one_row():
+    """Each seed fits its own ε to the target: table.md still shows one row with the seeds' mean."""
+    base = {"task": "rte", "model": "minilm", "method": "saten(u)", "lr": "0.0001", "epochs": "3",
+            "status": "completed", "calibration": "activation-aware α 0.5", "target_ratio": "0.333",
+            "ratio": "0.333"}
+    seeds = [base | {"seed": str(s), "eps": eps, "density": "0.1", "best/accuracy": acc}
+             for s, eps, acc in [(1, "0.8166", "0.5"), (2, "0.8168", "0.6")]]
+    fixed = seeds[0] | {"target_ratio": "", "eps": "0.85", "calibration": ""}
+    groups = tables.aggregate([*seeds, fixed])
+    assert sorted(g["seeds"] for g in groups) == [1, 2]
+    table = tables.markdown(groups, [*seeds, fixed], "cmd")
+    (fitted,) = [line for line in table.splitlines() if "target ratio 0.333" in line]
+    assert "| 2 |" in fitted and "55.0 ± 7.1" in fitted and "ε 0.816" not in table

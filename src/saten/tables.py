@@ -51,14 +51,15 @@ def _key(row: dict, keys) -> tuple:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds for each configuration (``CONFIG_KEYS``) of the finished runs."""
+    """Mean ± std over seeds for each configuration (``CONFIG_KEYS``) of the finished runs; runs whose ε and
+    density were fitted to ``saten.target_ratio`` group by that target (each seed fits its own ε)."""
     groups: dict[tuple, list[dict]] = {}
     for row in finished(rows):
-        groups.setdefault(_key(row, CONFIG_KEYS), []).append(row)
+        groups.setdefault(_key(_by_target(row), CONFIG_KEYS + ("target_ratio",)), []).append(row)
     out = []
     for runs in groups.values():
-        first = runs[0]
-        entry = {k: first.get(k) for k in CONFIG_KEYS} | {"seeds": len(runs)}
+        first = _by_target(runs[0])
+        entry = {k: first.get(k) for k in (*CONFIG_KEYS, "target_ratio")} | {"seeds": len(runs)}
         entry |= {k: first.get(k) for k in ("ratio", "model_ratio", "params", "macs")}
         for key in sorted({k for r in runs for k in r if _is_metric(k)}):
             mean, std, n = mean_std(r.get(key) for r in runs)
@@ -160,8 +161,8 @@ def markdown(groups: list[dict], rows: list[dict], command: str) -> str:
     for g in groups:
         lr = f"{g['lr']} / {g['lr_cores']} / {g['lr_sparse']}" if g["method"] != "dense" else f"{g['lr']}"
         params = f"{int(float(g['params'])):,}" if g["params"] else "-"
-        cells = [g["task"], g["method"], _setting(g), lr, _fmt(g["ratio"], 3), _fmt(g["model_ratio"], 3),
-                 params, g["seeds"]]
+        cells = [g["task"], g["method"], _setting(g, by_target=True), lr, _fmt(g["ratio"], 3),
+                 _fmt(g["model_ratio"], 3), params, g["seeds"]]
         for m in metrics:
             cells.append(_cell(*g[m], m) if m in g else "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
